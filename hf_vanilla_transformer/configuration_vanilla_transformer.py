@@ -113,12 +113,22 @@ class VanillaTransformerConfig(PreTrainedConfig):
         # Each check names the field, the value and what is allowed. A ValueError (not an assert, not a
         # StrictDataclass error) so that callers can catch one type, also for an edited config.json.
         def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"VanillaTransformerConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}.")
+            return ValueError(
+                f"VanillaTransformerConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}."
+            )
 
         def is_int(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
-        for name in ("vocab_size", "d_model", "d_ff", "h", "encoder_layers", "decoder_layers", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "d_ff",
+            "h",
+            "encoder_layers",
+            "decoder_layers",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise bad(name, "an integer >= 1")

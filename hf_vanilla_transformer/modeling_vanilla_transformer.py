@@ -103,7 +103,11 @@ class VanillaTransformerAttention(nn.Module):
 
         cache = None
         if past_key_values is not None:
-            cache = past_key_values.cross_attention_cache if self.is_cross_attention else past_key_values.self_attention_cache
+            cache = (
+                past_key_values.cross_attention_cache
+                if self.is_cross_attention
+                else past_key_values.self_attention_cache
+            )
 
         if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
             # The encoder output does not change while decoding: its keys and values are computed once.
@@ -295,6 +299,17 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        # transformers writes only the saved class's own Auto entry into `auto_map`; a folder must also load with
+        # the other Auto class (AutoModel for the LM and the reverse), so both are written.
+        module = "modeling_vanilla_transformer"
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": f"{module}.VanillaTransformerModel",
+            "AutoModelForSeq2SeqLM": f"{module}.VanillaTransformerForConditionalGeneration",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The paper gives no initialisation; this is tensor2tensor's and fairseq's (see the config's `initializer`)."""
@@ -324,7 +339,9 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding | None = None):
         super().__init__(config)
-        self.embed_tokens = embed_tokens if embed_tokens is not None else nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_tokens = (
+            embed_tokens if embed_tokens is not None else nn.Embedding(config.vocab_size, config.d_model)
+        )
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = VanillaTransformerPositionalEncoding(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -387,7 +404,9 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding | None = None):
         super().__init__(config)
-        self.embed_tokens = embed_tokens if embed_tokens is not None else nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_tokens = (
+            embed_tokens if embed_tokens is not None else nn.Embedding(config.vocab_size, config.d_model)
+        )
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = VanillaTransformerPositionalEncoding(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -438,9 +457,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             # No config: the caches grow a layer at a time (the config's num_hidden_layers is the encoder's depth).
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
         if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
-            raise ValueError(
-                f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}."
-            )
+            raise ValueError(f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}.")
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         batch_size, length = inputs_embeds.shape[:2]
         if attention_mask is not None and attention_mask.dim() == 2:
@@ -746,9 +763,15 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         length_penalty_type = kwargs.pop("length_penalty_type", getattr(source, "length_penalty_type", "transformers"))
         over_source = kwargs.pop("max_new_tokens_over_source", getattr(source, "max_new_tokens_over_source", None))
         if length_penalty_type not in LENGTH_PENALTY_TYPES:
-            raise ValueError(f"length_penalty_type={length_penalty_type!r} is invalid: expected one of {LENGTH_PENALTY_TYPES}.")
-        if over_source is not None and (not isinstance(over_source, int) or isinstance(over_source, bool) or over_source < 0):
-            raise ValueError(f"max_new_tokens_over_source={over_source!r} is invalid: expected None or an integer >= 0.")
+            raise ValueError(
+                f"length_penalty_type={length_penalty_type!r} is invalid: expected one of {LENGTH_PENALTY_TYPES}."
+            )
+        if over_source is not None and (
+            not isinstance(over_source, int) or isinstance(over_source, bool) or over_source < 0
+        ):
+            raise ValueError(
+                f"max_new_tokens_over_source={over_source!r} is invalid: expected None or an integer >= 0."
+            )
 
         if over_source is not None:
             source_lengths = self._source_lengths(inputs, kwargs)
@@ -808,7 +831,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         if getattr(self, "_length_penalty_type", "transformers") == "gnmt":
             # The best a running beam can still reach: the GNMT penalty grows with L, so with early_stopping="never"
             # the bound is at max_length (tensor2tensor's stopping rule); otherwise the library's heuristic length.
-            best_length = (max_length if early_stopping == "never" and length_penalty > 0 else cur_len) - decoder_prompt_len
+            best_length = (
+                max_length if early_stopping == "never" and length_penalty > 0 else cur_len
+            ) - decoder_prompt_len
             running_beam_scores = running_beam_scores / gnmt_length_penalty(best_length, length_penalty)
             length_penalty = 0.0
         return GenerationMixin._check_early_stop_heuristic(

@@ -1,0 +1,39 @@
+import copy
+
+import pytest
+import torch
+
+import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
+from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+
+
+def tiny_config(**overrides) -> VanillaTransformerConfig:
+    return VanillaTransformerConfig.from_preset("tiny", **overrides)
+
+
+def tiny_model(seed: int = 0, **overrides) -> VanillaTransformerForConditionalGeneration:
+    torch.manual_seed(seed)
+    return VanillaTransformerForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def random_batch(vocab_size: int = 128, batch: int = 3, source: int = 9, target: int = 7, seed: int = 0):
+    """Ids avoid the special tokens 0-3; row i of the source is padded after `source - 2 * i` tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, vocab_size, (batch, source), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    for i in range(batch):
+        attention_mask[i, max(1, source - 2 * i) :] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    labels = torch.randint(4, vocab_size, (batch, target), generator=generator)
+    return input_ids, attention_mask, labels
+
+
+@pytest.fixture
+def model():
+    return tiny_model()
+
+
+@pytest.fixture
+def fresh_config():
+    """A fresh config per use: from_config(attn_implementation=...) writes onto the config it is given."""
+    return lambda **kw: copy.deepcopy(tiny_config(**kw))

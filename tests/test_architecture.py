@@ -1,0 +1,212 @@
+"""§3 against independent truth: the paper's formulas written out, and torch.nn.Transformer with copied weights."""
+
+import math
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_batch, tiny_config, tiny_model
+from torch import nn
+
+from hf_vanilla_transformer import (
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    sinusoidal_position_encoding,
+)
+
+
+def test_positional_encoding_is_interleaved_as_in_section_3_5():
+    d_model = 10
+    encoding = sinusoidal_position_encoding(torch.arange(50), d_model, torch.float64)
+    for pos in (0, 1, 7, 49):
+        for i in range(d_model // 2):
+            angle = pos / 10000 ** (2 * i / d_model)
+            assert encoding[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert encoding[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    odd = sinusoidal_position_encoding(torch.arange(3), 7)
+    assert odd.shape == (3, 7) and odd[2, 6].item() == pytest.approx(math.sin(2 / 10000 ** (6 / 7)), abs=1e-6)
+
+
+def test_a_5000_token_input_works_with_sinusoids():
+    model = tiny_model()
+    ids = torch.randint(4, 128, (1, 5000))
+    with torch.no_grad():
+        out = model(input_ids=ids, decoder_input_ids=torch.tensor([[1, 5, 6]]))
+    assert out.logits.shape == (1, 3, 128) and torch.isfinite(out.logits).all()
+
+
+def test_embeddings_are_one_matrix_scaled_by_sqrt_d_model():
+    model = tiny_model()
+    embedding = model.get_input_embeddings().weight
+    assert model.lm_head.weight is embedding and model.model.decoder.embed_tokens.weight is embedding
+    assert model.lm_head.bias is None
+    assert model.model.encoder.embed_scale == math.sqrt(32)
+    assert embedding.std().item() == pytest.approx(32**-0.5, rel=0.1)
+
+
+def test_post_ln_stacks_have_no_final_norm():
+    model = tiny_model()
+    assert model.model.encoder.final_norm is None and model.model.decoder.final_norm is None
+    layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(layer_norms) == 2 * 2 + 2 * 3  # 2 per encoder layer, 3 per decoder layer, nothing else
+
+
+def test_dropout_is_where_section_5_4_puts_it():
+    """P_drop on every sub-layer output and on the two embedding sums; nowhere else by default."""
+    model = tiny_model(dropout=0.3).train()
+    ids, mask, labels = random_batch()
+    calls = []
+    real_dropout = F.dropout
+
+    def counting_dropout(x, p=0.5, training=True, inplace=False):
+        if p > 0 and training:
+            calls.append(p)
+        return real_dropout(x, p, training, inplace)
+
+    with mock.patch.object(F, "dropout", counting_dropout):
+        model(input_ids=ids, attention_mask=mask, labels=labels)
+    config = model.config
+    assert calls == [0.3] * (2 + 2 * config.encoder_layers + 3 * config.decoder_layers)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_is_not():
+    model = tiny_model(dropout=0.3)
+    ids, mask, labels = random_batch()
+    with torch.no_grad():
+        a, b = (
+            model(input_ids=ids, attention_mask=mask, labels=labels),
+            model(input_ids=ids, attention_mask=mask, labels=labels),
+        )
+        assert torch.equal(a.logits, b.logits)
+        model.train()
+        c = model(input_ids=ids, attention_mask=mask, labels=labels)
+    assert not torch.allclose(a.logits, c.logits)
+
+
+def reference_transformer(model: VanillaTransformerForConditionalGeneration) -> nn.Transformer:
+    """torch.nn.Transformer (post-LN, ReLU, batch_first) without its final stack norms, with our weights copied in."""
+    config = model.config
+    kwargs = dict(
+        d_model=config.d_model,
+        nhead=config.h,
+        dim_feedforward=config.d_ff,
+        dropout=0.0,
+        activation="relu",
+        layer_norm_eps=config.layer_norm_eps,
+        batch_first=True,
+        norm_first=False,
+    )
+    encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(**kwargs), config.encoder_layers, enable_nested_tensor=False
+    )
+    decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**kwargs), config.decoder_layers)
+    reference = nn.Transformer(**kwargs, custom_encoder=encoder, custom_decoder=decoder).eval()
+
+    def copy_attention(ours, theirs):
+        theirs.in_proj_weight.copy_(torch.cat([ours.w_q.weight, ours.w_k.weight, ours.w_v.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.w_q.bias, ours.w_k.bias, ours.w_v.bias]))
+        theirs.out_proj.weight.copy_(ours.w_o.weight)
+        theirs.out_proj.bias.copy_(ours.w_o.bias)
+
+    def copy_linear_or_norm(ours, theirs):
+        theirs.weight.copy_(ours.weight)
+        theirs.bias.copy_(ours.bias)
+
+    with torch.no_grad():
+        for ours, theirs in zip(model.model.encoder.layers, reference.encoder.layers, strict=True):
+            copy_attention(ours.self_attn, theirs.self_attn)
+            for a, b in [
+                (ours.ffn.w_1, theirs.linear1),
+                (ours.ffn.w_2, theirs.linear2),
+                (ours.self_attn_norm, theirs.norm1),
+                (ours.ffn_norm, theirs.norm2),
+            ]:
+                copy_linear_or_norm(a, b)
+        for ours, theirs in zip(model.model.decoder.layers, reference.decoder.layers, strict=True):
+            copy_attention(ours.self_attn, theirs.self_attn)
+            copy_attention(ours.cross_attn, theirs.multihead_attn)
+            for a, b in [
+                (ours.ffn.w_1, theirs.linear1),
+                (ours.ffn.w_2, theirs.linear2),
+                (ours.self_attn_norm, theirs.norm1),
+                (ours.cross_attn_norm, theirs.norm2),
+                (ours.ffn_norm, theirs.norm3),
+            ]:
+                copy_linear_or_norm(a, b)
+    return reference
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_numerical_parity_with_torch_nn_transformer(attn_implementation):
+    config = tiny_config(d_model=64, h=4, d_ff=128, encoder_layers=3, decoder_layers=2, layer_norm_eps=1e-5)
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration._from_config(
+        config, attn_implementation=attn_implementation
+    ).eval()
+    reference = reference_transformer(model)
+    ids, mask, labels = random_batch(batch=4, source=11, target=8)
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(labels)
+
+    embedding = model.get_input_embeddings().weight
+
+    def embed(x):  # §3.4 and §3.5, from the paper's formula
+        return embedding[x] * math.sqrt(config.d_model) + sinusoidal_position_encoding(
+            torch.arange(x.shape[1]), config.d_model
+        )
+
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        memory = reference.encoder(embed(ids), src_key_padding_mask=mask == 0)
+        causal = nn.Transformer.generate_square_subsequent_mask(decoder_ids.shape[1])
+        decoded = reference.decoder(embed(decoder_ids), memory, tgt_mask=causal, memory_key_padding_mask=mask == 0)
+        logits = decoded @ embedding.T
+
+    real = mask.bool()
+    torch.testing.assert_close(ours.encoder_last_hidden_state[real], memory[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_row_b_d_k_differs_from_d_v():
+    model = tiny_model(d_k=4, d_v=12)
+    attention = model.model.encoder.layers[0].self_attn
+    assert attention.w_q.weight.shape == (4 * 4, 32) and attention.w_v.weight.shape == (4 * 12, 32)
+    assert attention.w_o.weight.shape == (32, 4 * 12) and attention.scaling == 4**-0.5
+    ids, mask, labels = random_batch()
+    assert model(input_ids=ids, attention_mask=mask, labels=labels).logits.shape == (3, 7, 128)
+
+
+def test_learned_positions_row_e():
+    model = tiny_model(position_encoding="learned", max_position_embeddings=16)
+    ids, mask, labels = random_batch()
+    assert model(input_ids=ids, attention_mask=mask, labels=labels).loss.isfinite()
+    with pytest.raises(ValueError, match=r"Position 19 is past max_position_embeddings=16"):
+        model(input_ids=torch.randint(4, 128, (1, 20)), decoder_input_ids=torch.tensor([[1]]))
+
+
+def test_pre_ln_deviation_changes_the_output_and_adds_final_norms():
+    post, pre = tiny_model(), tiny_model(norm_first=True)
+    assert isinstance(pre.model.encoder.final_norm, nn.LayerNorm)
+    ids, mask, labels = random_batch()
+    with torch.no_grad():
+        assert not torch.allclose(
+            post(input_ids=ids, attention_mask=mask, labels=labels).logits,
+            pre(input_ids=ids, attention_mask=mask, labels=labels).logits,
+        )
+
+
+def test_untied_embeddings_deviation():
+    model = tiny_model(tie_word_embeddings=False)
+    e, d, o = model.model.encoder.embed_tokens.weight, model.model.decoder.embed_tokens.weight, model.lm_head.weight
+    assert e is not d and e is not o and d is not o
+
+
+def test_full_size_base_and_big_build_and_run():
+    for name in ("base", "big"):
+        torch.manual_seed(0)
+        model = VanillaTransformerForConditionalGeneration(
+            VanillaTransformerConfig.from_preset(name, vocab_size=1000)
+        ).eval()
+        with torch.no_grad():
+            out = model(input_ids=torch.randint(4, 1000, (2, 6)), labels=torch.randint(4, 1000, (2, 5)))
+        assert out.logits.shape == (2, 5, 1000) and out.loss.isfinite()

@@ -1,0 +1,138 @@
+"""The config: Table 3 presets, defaults, and a ValueError naming field, value and allowed values."""
+
+import json
+
+import pytest
+from transformers import AutoConfig
+
+from hf_vanilla_transformer import PRESETS, VanillaTransformerConfig
+
+
+def test_defaults_are_the_base_model_of_table_3():
+    config = VanillaTransformerConfig()
+    assert (config.encoder_layers, config.decoder_layers, config.d_model, config.d_ff, config.h) == (6, 6, 512, 2048, 8)
+    assert (config.d_k, config.d_v, config.dropout) == (64, 64, 0.1)
+    assert config.position_encoding == "sinusoidal" and config.tie_word_embeddings and config.scale_embedding
+    # Not in the paper, so off by default.
+    assert (config.norm_first, config.attention_dropout, config.activation_dropout) == (False, 0.0, 0.0)
+
+
+def test_base_and_big_presets_equal_table_3():
+    base, big = VanillaTransformerConfig.from_preset("base"), VanillaTransformerConfig.from_preset("big")
+    row = lambda c: (c.encoder_layers, c.d_model, c.d_ff, c.h, c.d_k, c.d_v, c.dropout, c.label_smoothing)  # noqa: E731
+    assert row(base) == (6, 512, 2048, 8, 64, 64, 0.1, 0.1)
+    assert row(big) == (6, 1024, 4096, 16, 64, 64, 0.3, 0.1)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("A-h1", {"h": 1, "d_k": 512, "d_v": 512}),
+        ("A-h4", {"h": 4, "d_k": 128, "d_v": 128}),
+        ("A-h16", {"h": 16, "d_k": 32, "d_v": 32}),
+        ("A-h32", {"h": 32, "d_k": 16, "d_v": 16}),
+        ("B-dk16", {"h": 8, "d_k": 16, "d_v": 64}),
+        ("B-dk32", {"h": 8, "d_k": 32, "d_v": 64}),
+        ("C-N2", {"encoder_layers": 2, "decoder_layers": 2}),
+        ("C-N8", {"encoder_layers": 8, "decoder_layers": 8}),
+        ("C-d256", {"d_model": 256, "d_k": 32, "d_v": 32}),
+        ("C-d1024", {"d_model": 1024, "d_k": 128, "d_v": 128}),
+        ("C-dff4096", {"d_ff": 4096}),
+        ("D-dropout0.2", {"dropout": 0.2}),
+        ("D-ls0.0", {"label_smoothing": 0.0}),
+        ("E-learned", {"position_encoding": "learned"}),
+    ],
+)
+def test_table_3_rows(name, expected):
+    config = VanillaTransformerConfig.from_preset(name)
+    for key, value in expected.items():
+        assert getattr(config, key) == value, (name, key)
+
+
+def test_preset_overrides_and_unknown_name():
+    assert VanillaTransformerConfig.from_preset("base", vocab_size=1000).vocab_size == 1000
+    with pytest.raises(ValueError, match=r"Unknown preset 'huge'.*base.*big.*tiny"):
+        VanillaTransformerConfig.from_preset("huge")
+
+
+def test_d_k_defaults_to_d_model_over_h_and_may_differ():
+    assert VanillaTransformerConfig(d_model=96, h=3).d_k == 32
+    config = VanillaTransformerConfig(d_model=100, h=3, d_k=16, d_v=20)
+    assert (config.d_k, config.d_v) == (16, 20)
+
+
+def test_attribute_map():
+    config = VanillaTransformerConfig.from_preset("big")
+    assert (config.hidden_size, config.num_attention_heads, config.num_hidden_layers) == (1024, 16, 6)
+
+
+BAD_VALUES = [
+    ({"d_model": 100, "h": 3}, r"h=3 does not divide d_model=100"),
+    ({"d_model": 0}, r"d_model=0 is invalid: expected an integer >= 1"),
+    ({"d_ff": -1}, r"d_ff=-1 is invalid"),
+    ({"h": 0}, r"h=0 is invalid"),
+    ({"d_k": 0}, r"d_k=0 is invalid"),
+    ({"encoder_layers": 0}, r"encoder_layers=0 is invalid"),
+    ({"vocab_size": 0}, r"vocab_size=0 is invalid"),
+    ({"d_model": 51.2}, r"d_model=51.2 is invalid"),
+    ({"dropout": 1.0}, r"dropout=1.0 is invalid: expected a probability in \[0, 1\)"),
+    ({"dropout": -0.1}, r"dropout=-0.1 is invalid"),
+    ({"attention_dropout": 1.5}, r"attention_dropout=1.5 is invalid"),
+    ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is invalid"),
+    ({"layer_norm_eps": 0.0}, r"layer_norm_eps=0.0 is invalid"),
+    (
+        {"position_encoding": "rotary"},
+        r"position_encoding='rotary' is invalid: expected one of \('sinusoidal', 'learned'\)",
+    ),
+    ({"initializer": "kaiming"}, r"initializer='kaiming' is invalid"),
+    ({"pad_token_id": 37000}, r"pad_token_id=37000 is invalid: expected None or a token id in \[0, vocab_size=37000\)"),
+    ({"eos_token_id": -1}, r"eos_token_id=-1 is invalid"),
+    ({"decoder_start_token_id": None}, r"decoder_start_token_id=None is invalid"),
+    ({"norm_first": "yes"}, r"norm_first='yes' is invalid: expected True or False"),
+    ({"max_position_embeddings": 0}, r"max_position_embeddings=0 is invalid"),
+    ({"init_std": -1.0}, r"init_std=-1.0 is invalid"),
+]
+
+
+@pytest.mark.parametrize("values, message", BAD_VALUES)
+def test_bad_values_raise_value_error(values, message):
+    with pytest.raises(ValueError, match=message):
+        VanillaTransformerConfig(**values)
+
+
+@pytest.mark.parametrize("values, message", BAD_VALUES[1:6] + BAD_VALUES[8:10] + BAD_VALUES[13:16])
+def test_bad_values_in_an_edited_config_json(tmp_path, values, message):
+    VanillaTransformerConfig.from_preset("tiny").save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data.update(values)
+    path.write_text(json.dumps(data))
+    message = message.replace("vocab_size=37000", "vocab_size=128")  # the tiny config's vocabulary
+    with pytest.raises(ValueError, match=message):
+        VanillaTransformerConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_save_refuses_an_invalid_mutated_config(tmp_path):
+    config = VanillaTransformerConfig.from_preset("tiny")
+    config.save_pretrained(tmp_path)
+    before = (tmp_path / "config.json").read_text()
+    config.dropout = 2.0
+    with pytest.raises(ValueError, match=r"dropout=2.0 is invalid"):
+        config.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_text() == before  # nothing saved is lost
+
+
+def test_round_trip_and_auto_config(tmp_path):
+    config = VanillaTransformerConfig.from_preset("B-dk16", vocab_size=1000)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is VanillaTransformerConfig
+    drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731
+    assert drop(loaded.to_dict()) == drop(config.to_dict())
+
+
+def test_every_preset_builds_a_valid_config():
+    for name in PRESETS:
+        VanillaTransformerConfig.from_preset(name)

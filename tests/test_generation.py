@@ -1,0 +1,175 @@
+"""generate(): greedy, beam search with the paper's settings (§6.1), sampling, against uncached / unbatched runs."""
+
+import math
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from transformers import GenerationConfig
+from transformers.modeling_outputs import Seq2SeqLMOutput
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, gnmt_length_penalty
+
+EOS = 2
+
+
+def test_paper_decoding_is_the_default_generation_config():
+    config = tiny_model().generation_config
+    assert (config.num_beams, config.length_penalty, config.length_penalty_type) == (4, 0.6, "gnmt")
+    assert config.max_new_tokens_over_source == 50 and config.early_stopping == "never"
+    assert gnmt_length_penalty(10, 0.6) == pytest.approx((15 / 6) ** 0.6)
+
+
+def greedy_reference(model, ids, steps):
+    """Uncached greedy decoding: a full forward over the whole prefix at every step."""
+    decoder_ids = torch.tensor([[model.config.decoder_start_token_id]])
+    for _ in range(steps):
+        logits = model(input_ids=ids, decoder_input_ids=decoder_ids, use_cache=False).logits[:, -1]
+        decoder_ids = torch.cat([decoder_ids, logits.argmax(-1, keepdim=True)], dim=1)
+        if decoder_ids[0, -1] == EOS:
+            break
+    return decoder_ids
+
+
+def test_greedy_with_cache_equals_an_uncached_argmax_loop():
+    model = tiny_model(seed=3)
+    ids, mask, _ = random_batch(batch=1)
+    out = model.generate(ids, attention_mask=mask, num_beams=1, max_new_tokens=12, max_new_tokens_over_source=None)
+    torch.testing.assert_close(out, greedy_reference(model, ids, 12))
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_cached_generation_equals_uncached_generation(num_beams):
+    model = tiny_model(seed=1)
+    ids, mask, _ = random_batch(batch=3)
+    kwargs = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=10)
+    torch.testing.assert_close(
+        model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs)
+    )
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_a_batch_generates_what_each_sentence_generates_alone(num_beams):
+    model = tiny_model(seed=2)
+    ids, mask, _ = random_batch(batch=3)
+    batched = model.generate(ids, attention_mask=mask, num_beams=num_beams, max_new_tokens=9)
+    for i in range(3):
+        alone = model.generate(ids[i : i + 1, : int(mask[i].sum())], num_beams=num_beams, max_new_tokens=9)[0]
+        row = batched[i, : alone.shape[0]]
+        assert torch.equal(row, alone), i
+        assert (batched[i, alone.shape[0] :] <= EOS).all()  # only padding (pad or EOS) after
+
+
+def test_maximum_output_length_is_source_length_plus_50_per_sentence():
+    model = tiny_model()
+    ids, mask, _ = random_batch(batch=3, source=9)  # source lengths 9, 7, 5
+    for num_beams in (1, 4):
+        # suppress_tokens keeps the untrained model from ending early, so every sentence runs to its limit.
+        out = model.generate(ids, attention_mask=mask, num_beams=num_beams, suppress_tokens=[EOS])
+        for i in range(3):
+            generated = out[i, 1:].tolist()
+            assert EOS in generated
+            assert generated.index(EOS) == int(mask[i].sum()) + 50, (num_beams, i)
+    short = model.generate(ids, attention_mask=mask, num_beams=1, suppress_tokens=[EOS], max_new_tokens_over_source=3)
+    assert short[0, 1:].tolist().index(EOS) == 9 + 3
+    unlimited = model.generate(
+        ids, attention_mask=mask, num_beams=1, suppress_tokens=[EOS], max_new_tokens_over_source=None, max_new_tokens=70
+    )
+    assert unlimited.shape[1] == 71 and EOS not in unlimited[0, 1:].tolist()
+
+
+class ScriptedModel(VanillaTransformerForConditionalGeneration):
+    """A model whose next-token log-probabilities are a fixed table over the decoded prefix, so that beam search
+    meets hypotheses with chosen scores. Tokens: 1 start, 2 EOS, 4 'a', 5 'b'.
+
+    Hypothesis A = [a, EOS]: L = 2, log p = -0.9 - 0.1 = -1.0
+    Hypothesis B = [b, b, b, EOS]: L = 4, log p = -0.7 - 0.2 - 0.2 - 0.2 = -1.3
+    GNMT (alpha 0.6): A -1.0 / 1.0969 = -0.912 beats B -1.3 / 1.2754 = -1.019 (the paper keeps the shorter).
+    L ** alpha: A -1.0 / 1.5157 = -0.660 loses to B -1.3 / 2.2974 = -0.566 (transformers picks the longer).
+    """
+
+    TABLE = {(): {4: -0.9, 5: -0.7}, (4,): {EOS: -0.1}, (5,): {5: -0.2}, (5, 5): {5: -0.2}, (5, 5, 5): {EOS: -0.2}}
+
+    def forward(self, decoder_input_ids=None, **kwargs):
+        rows = []
+        for prefix in decoder_input_ids[:, 1:].tolist():
+            chosen = self.TABLE.get(tuple(prefix), {EOS: -0.01})
+            rest = math.log((1 - sum(math.exp(v) for v in chosen.values())) / (self.config.vocab_size - len(chosen)))
+            row = torch.full((self.config.vocab_size,), rest)
+            for token, logp in chosen.items():
+                row[token] = logp
+            rows.append(row)
+        logits = torch.stack(rows)[:, None, :].expand(-1, decoder_input_ids.shape[1], -1)
+        return Seq2SeqLMOutput(logits=logits)
+
+
+def test_gnmt_length_penalty_picks_the_papers_hypothesis():
+    torch.manual_seed(0)
+    model = ScriptedModel(tiny_model().config).eval()
+    ids = torch.tensor([[7, 8, 9]])
+    common = dict(
+        num_beams=4,
+        length_penalty=0.6,
+        early_stopping="never",
+        max_new_tokens=6,
+        use_cache=False,
+        max_new_tokens_over_source=None,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    paper = model.generate(ids, length_penalty_type="gnmt", **common)
+    library = model.generate(ids, length_penalty_type="transformers", **common)
+    assert paper.sequences[0].tolist() == [1, 4, EOS]
+    assert library.sequences[0].tolist() == [1, 5, 5, 5, EOS]
+    # The returned scores are the two formulas exactly.
+    assert paper.sequences_scores.item() == pytest.approx(-1.0 / ((5 + 2) / 6) ** 0.6, abs=1e-5)
+    assert library.sequences_scores.item() == pytest.approx(-1.3 / 4**0.6, abs=1e-5)
+
+
+def test_switching_to_transformers_scoring_through_the_generation_config():
+    model = ScriptedModel(tiny_model().config).eval()
+    model.generation_config.length_penalty_type = "transformers"
+    out = model.generate(torch.tensor([[7, 8, 9]]), max_new_tokens=6, use_cache=False, max_new_tokens_over_source=None)
+    assert out[0].tolist() == [1, 5, 5, 5, EOS]
+    explicit = GenerationConfig(
+        num_beams=4,
+        length_penalty=0.6,
+        early_stopping="never",
+        max_new_tokens=6,
+        decoder_start_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
+    )
+    assert model.generate(torch.tensor([[7, 8, 9]]), generation_config=explicit, use_cache=False)[0].tolist() == [
+        1,
+        5,
+        5,
+        5,
+        EOS,
+    ]
+
+
+def test_sampling_is_seeded_and_varies():
+    model = tiny_model()
+    ids, mask, _ = random_batch(batch=2)
+    kwargs = dict(attention_mask=mask, do_sample=True, num_beams=1, top_k=50, max_new_tokens=8, num_return_sequences=3)
+    torch.manual_seed(0)
+    a = model.generate(ids, **kwargs)
+    torch.manual_seed(0)
+    b = model.generate(ids, **kwargs)
+    torch.manual_seed(1)
+    c = model.generate(ids, **kwargs)
+    assert a.shape[0] == 6 and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_decoding_options():
+    model = tiny_model()
+    ids = torch.tensor([[5, 6]])
+    with pytest.raises(
+        ValueError, match=r"length_penalty_type='wu' is invalid: expected one of \('gnmt', 'transformers'\)"
+    ):
+        model.generate(ids, length_penalty_type="wu")
+    with pytest.raises(ValueError, match=r"max_new_tokens_over_source=-5 is invalid"):
+        model.generate(ids, max_new_tokens_over_source=-5)
+    with pytest.raises(ValueError, match=r"input_ids contains token id 500"):
+        model.generate(torch.tensor([[5, 500]]))

@@ -1,0 +1,138 @@
+"""save_pretrained / from_pretrained, the tied matrix stored once, and the trust_remote_code path."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from safetensors import safe_open
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
+
+
+def test_save_then_load_gives_identical_outputs_and_stores_the_tied_matrix_once(tmp_path):
+    model = tiny_model(seed=4)
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    vocabulary_matrices = [k for k in keys if "embed_tokens" in k or "lm_head" in k]
+    assert vocabulary_matrices == ["model.encoder.embed_tokens.weight"]
+    assert os.path.getsize(tmp_path / "model.safetensors") < 1.5 * 4 * sum(p.numel() for p in model.parameters())
+
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is VanillaTransformerForConditionalGeneration
+    assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    ids, mask, labels = random_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask, labels=labels).logits,
+            model(input_ids=ids, attention_mask=mask, labels=labels).logits,
+            rtol=0,
+            atol=0,
+        )
+    assert torch.equal(loaded.generate(ids, attention_mask=mask), model.generate(ids, attention_mask=mask))
+    assert loaded.generation_config.length_penalty_type == "gnmt"
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is VanillaTransformerModel
+
+
+def test_saved_folder_has_code_and_auto_map(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    names = set(os.listdir(tmp_path))
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "modeling_vanilla_transformer.py",
+        "configuration_vanilla_transformer.py",
+    } <= names
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_vanilla_transformer.VanillaTransformerConfig",
+        "AutoModel": "modeling_vanilla_transformer.VanillaTransformerModel",
+        "AutoModelForSeq2SeqLM": "modeling_vanilla_transformer.VanillaTransformerForConditionalGeneration",
+    }
+
+
+def run_without_the_package(code: str, cwd) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter in which `import hf_vanilla_transformer` fails."""
+    prelude = "import sys\nsys.modules['hf_vanilla_transformer'] = None  # importing it now raises ImportError\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules_cache"), "PYTHONPATH": ""}
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_remote_code_load_in_a_process_without_the_package(tmp_path):
+    model = tiny_model(seed=5)
+    folder = tmp_path / "hub_model"
+    model.save_pretrained(folder)
+    ids, mask, _ = random_batch(batch=2)
+    expected = model.generate(ids, attention_mask=mask, num_beams=4, max_new_tokens=10)
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+
+    result = run_without_the_package(
+        f"""
+        import torch
+        try:
+            import hf_vanilla_transformer
+            raise SystemExit("the package must not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+        folder = {str(folder)!r}
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        out = model.generate(inputs["ids"], attention_mask=inputs["mask"], num_beams=4, max_new_tokens=10)
+        torch.save(out, {str(tmp_path / "out.pt")!r})
+        print(type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__)
+        print(type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["VanillaTransformerModel", "VanillaTransformerConfig"]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+@pytest.mark.slow
+def test_without_trust_remote_code_the_library_refuses(tmp_path):
+    folder = tmp_path / "hub_model"
+    tiny_model().save_pretrained(folder)
+    result = run_without_the_package(
+        f"""
+        from transformers import AutoModelForSeq2SeqLM
+        try:
+            AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=False)
+        except ValueError as error:
+            print("ValueError:", error)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ValueError:" in result.stdout and "trust_remote_code=True" in result.stdout
+
+
+def test_full_size_base_saves_and_loads(tmp_path):
+    from hf_vanilla_transformer import VanillaTransformerConfig
+
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig.from_preset("base", vocab_size=37000))
+    model.save_pretrained(tmp_path)
+    size = os.path.getsize(tmp_path / "model.safetensors")
+    assert 4 * 63_082_496 <= size < 4 * 63_082_496 + 1_000_000  # fp32, the vocabulary matrix once
+    loaded = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
