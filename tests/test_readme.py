@@ -1,0 +1,35 @@
+"""The README's usage examples run, in order, as one program (each block builds on the ones before)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_has_examples():
+    assert len(python_blocks()) >= 4
+
+
+def test_readme_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in python_blocks():
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    # The examples' results are what they say they are.
+    assert namespace["translation"].shape[0] == 2 and namespace["loss"].ndim == 0
+    assert namespace["cross_attention"].shape[:2] == (2, 4)
+    # With the package imported, transformers prefers the registered local class; the load without the package
+    # is tested in test_save_load.py.
+    assert type(namespace["remote"]).__name__ == "VanillaTransformerForConditionalGeneration"
+    assert namespace["greedy"].shape[1] <= 21
+
+
+@pytest.mark.parametrize("block", range(len(python_blocks())))
+def test_blocks_are_not_empty(block):
+    assert python_blocks()[block].strip()
