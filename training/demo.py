@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForSeq2SeqLM
 
 import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from transformers import AutoModelForSeq2SeqLM
 
 
 def main() -> None:
