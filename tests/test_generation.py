@@ -38,9 +38,9 @@ def test_greedy_with_cache_equals_an_uncached_argmax_loop():
     torch.testing.assert_close(out, greedy_reference(model, ids, 12))
 
 
-@pytest.mark.parametrize("num_beams", [1, 4])
-def test_cached_generation_equals_uncached_generation(num_beams):
-    model = tiny_model(seed=1)
+@pytest.mark.parametrize("num_beams, depths", [(1, (2, 2)), (4, (2, 2)), (4, (2, 3)), (4, (3, 1))])
+def test_cached_generation_equals_uncached_generation(num_beams, depths):
+    model = tiny_model(seed=1, encoder_layers=depths[0], decoder_layers=depths[1])
     ids, mask, _ = random_batch(batch=3)
     kwargs = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=10)
     torch.testing.assert_close(

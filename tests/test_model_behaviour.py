@@ -202,3 +202,21 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
     kwargs.setdefault("decoder_input_ids", torch.tensor([[1]]))
     with pytest.raises(ValueError, match=message):
         tiny_model()(**kwargs)
+
+
+@pytest.mark.slow
+def test_flex_attention_equals_eager():
+    """Flex attention (compiled for the CPU here). Its CPU kernel fails in beam search inside torch's inductor, for
+    transformers' MarianMTModel as well, so the check is the forward pass and greedy decoding."""
+    ids, mask, labels = random_batch()
+    results = {}
+    for implementation in ("eager", "flex_attention"):
+        torch.manual_seed(0)
+        model = VanillaTransformerForConditionalGeneration._from_config(
+            tiny_config(), attn_implementation=implementation
+        )
+        with torch.no_grad():
+            logits = model.eval()(input_ids=ids, attention_mask=mask, labels=labels).logits
+        results[implementation] = (logits, model.generate(ids, attention_mask=mask, num_beams=1, max_new_tokens=6))
+    torch.testing.assert_close(results["eager"][0], results["flex_attention"][0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(results["eager"][1], results["flex_attention"][1])
