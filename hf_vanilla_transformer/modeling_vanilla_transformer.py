@@ -757,7 +757,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         - `length_penalty_type`: `"gnmt"` scores a finished hypothesis of length L as
           sum(log p) / ((5 + L) / 6) ** length_penalty; `"transformers"` is the library's sum(log p) / L ** length_penalty.
         - `max_new_tokens_over_source`: each sentence ends after at most (its source length + this) tokens;
-          None turns the limit off. An explicit `max_new_tokens` / `max_length` still caps the whole batch.
+          None turns the limit off. `max_new_tokens` / `max_length` given to the call (or `max_new_tokens` in the
+          generation config) still cap the whole batch.
         """
         source = generation_config if generation_config is not None else self.generation_config
         length_penalty_type = kwargs.pop("length_penalty_type", getattr(source, "length_penalty_type", "transformers"))
@@ -784,10 +785,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                 source_lengths + over_source, eos_token_id, prompt.shape[1] if prompt is not None else 1
             )
             logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
-            user_limit = any(
-                kwargs.get(key) is not None or getattr(source, key, None) is not None
-                for key in ("max_new_tokens", "max_length")
-            )
+            # A limit given to this call, or a max_new_tokens in the generation config, also caps the batch. A
+            # config's max_length does not: transformers fills it with its default of 20 (Seq2SeqTrainer writes
+            # that into model.generation_config), which would cut the paper's limit short.
+            user_limit = kwargs.get("max_new_tokens") is not None or kwargs.get("max_length") is not None
+            user_limit = user_limit or getattr(source, "max_new_tokens", None) is not None
             if not user_limit:
                 kwargs["max_new_tokens"] = int(source_lengths.max()) + over_source + 1  # + 1 for the forced EOS
 

@@ -173,3 +173,12 @@ def test_bad_decoding_options():
         model.generate(ids, max_new_tokens_over_source=-5)
     with pytest.raises(ValueError, match=r"input_ids contains token id 500"):
         model.generate(torch.tensor([[5, 500]]))
+
+
+def test_a_default_max_length_in_the_generation_config_does_not_cut_the_paper_limit():
+    """Seq2SeqTrainer writes transformers' default max_length=20 into model.generation_config."""
+    model = tiny_model()
+    model.generation_config.max_length = 20
+    ids, mask, _ = random_batch(batch=1, source=9)
+    out = model.generate(ids, attention_mask=mask, num_beams=1, suppress_tokens=[EOS])
+    assert out[0, 1:].tolist().index(EOS) == 9 + 50
