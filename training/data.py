@@ -105,15 +105,15 @@ def _read_local(path: Path, source_lang: str, target_lang: str, target_path: Pat
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             fields = line.split("\t")
             if len(fields) != 2:
-                raise ValueError(f"{path}:{number} has {len(fields)} tab-separated fields, expected 2 (source, target).")
+                raise ValueError(
+                    f"{path}:{number} has {len(fields)} tab-separated fields, expected 2 (source, target)."
+                )
             rows.append({source_lang: fields[0], target_lang: fields[1]})
         return rows
     raise ValueError(f"Unknown data file type {path.suffix!r} for {path}: expected .jsonl, .tsv, or two aligned files.")
 
 
-def load_local_files(
-    files: dict[str, str | tuple[str, str]], source_lang: str, target_lang: str
-) -> DatasetDict:
+def load_local_files(files: dict[str, str | tuple[str, str]], source_lang: str, target_lang: str) -> DatasetDict:
     """`files` maps each split to a .jsonl or .tsv file, or to a (source file, target file) pair of aligned text."""
     splits = {}
     for split, spec in files.items():
@@ -144,7 +144,8 @@ def load_translation_data(
                 files[split] = tuple(parts) if len(parts) == 2 else spec
         data = load_local_files(files, source_lang, target_lang)
     elif dataset == "demo":
-        data = build_demo_corpus(num_pairs=demo_pairs, seed=seed)
+        held_out = min(2_000, max(1, demo_pairs // 20))  # 2000 validation and 2000 test pairs at full size
+        data = build_demo_corpus(num_pairs=demo_pairs, validation_size=held_out, test_size=held_out, seed=seed)
     else:  # the real path for users with network access, e.g. --dataset wmt14 --dataset_config de-en
         from datasets import load_dataset
 

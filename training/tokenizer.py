@@ -73,4 +73,6 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerFast, config) -
         if getattr(config, name) != value:
             raise ValueError(f"The tokenizer's {name} is {value} but the model config's is {getattr(config, name)}.")
     if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}.")
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}."
+        )

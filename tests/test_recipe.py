@@ -1,0 +1,175 @@
+"""The training recipe's pieces against the paper: the learning-rate formula, token batching, the data, the
+tokenizer and checkpoint averaging."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_model
+from datasets import DatasetDict
+from transformers import AutoTokenizer, get_inverse_sqrt_schedule
+
+from training.average_checkpoints import average_checkpoints
+from training.data import build_demo_corpus, clean_split, load_translation_data
+from training.tokenizer import SPECIAL_IDS, check_tokenizer_matches_config, train_bpe_tokenizer
+from training.train import TokenBatchSampler, translation_scores
+
+
+def paper_lrate(step: int, d_model: int, warmup_steps: int = 4000) -> float:
+    """§5.3: lrate = d_model^-0.5 * min(step_num^-0.5, step_num * warmup_steps^-1.5)."""
+    return d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
+
+@pytest.mark.parametrize("d_model, peak", [(512, 6.99e-4), (1024, 4.94e-4)])
+def test_transformers_inverse_sqrt_schedule_is_the_papers_learning_rate(d_model, peak):
+    warmup = 4000
+    assert d_model**-0.5 * warmup**-0.5 == pytest.approx(peak, rel=1e-3)  # PAPER.md's peaks
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=d_model**-0.5 * warmup**-0.5, betas=(0.9, 0.98), eps=1e-9)
+    scheduler = get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup, timescale=warmup)
+    for step in range(1, 20_001):
+        optimizer.step()
+        scheduler.step()  # the scheduler's step count is now `step`
+        if step in (1, 2, 100, 3999, 4000, 4001, 10_000, 20_000) or step % 997 == 0:
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(paper_lrate(step, d_model), rel=1e-9), step
+
+
+def test_token_batches_respect_the_budget_and_cover_the_data_once():
+    generator = torch.Generator().manual_seed(0)
+    sources = torch.randint(3, 40, (1000,), generator=generator).tolist()
+    targets = torch.randint(3, 40, (1000,), generator=generator).tolist()
+    sampler = TokenBatchSampler(sources, targets, max_tokens=600, seed=1, multiple_of=1)
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(1000))
+    for batch in batches:
+        padded = len(batch) * (max(sources[i] for i in batch) + max(targets[i] for i in batch))
+        assert padded <= 600
+    # Similar lengths are batched together: far less padding than random batches of the same sizes.
+    waste = sum(len(b) * max(sources[i] for i in b) - sum(sources[i] for i in b) for b in batches)
+    assert waste < 0.15 * sum(sources)
+    assert len({len(b) for b in batches}) > 1  # the number of sentences varies: it is the tokens that are fixed
+
+
+def test_token_batches_depend_on_seed_and_epoch_only():
+    lengths = list(range(3, 203))
+    a = TokenBatchSampler(lengths, lengths, max_tokens=800, seed=3)
+    b = TokenBatchSampler(lengths, lengths, max_tokens=800, seed=3)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    a.set_epoch(1)
+    assert list(a) == list(b)
+
+
+def test_token_batches_come_in_multiples_of_devices_times_accumulation():
+    lengths = [5] * 101
+    for multiple in (1, 2, 3, 4):
+        assert len(TokenBatchSampler(lengths, lengths, max_tokens=40, multiple_of=multiple)) % multiple == 0
+
+
+def test_a_budget_below_the_longest_pair_is_refused():
+    with pytest.raises(ValueError, match=r"max_tokens=10 per batch is less than the longest pair \(12 tokens\)"):
+        TokenBatchSampler([5, 6], [5, 6], max_tokens=10)
+
+
+def test_demo_corpus_is_deterministic_distinct_and_split_cleanly():
+    corpus = build_demo_corpus(num_pairs=3000, validation_size=200, test_size=300, seed=7)
+    assert isinstance(corpus, DatasetDict) and {k: len(v) for k, v in corpus.items()} == {
+        "train": 2500,
+        "validation": 200,
+        "test": 300,
+    }
+    pairs = {split: {(p["en"], p["de"]) for p in rows["translation"]} for split, rows in corpus.items()}
+    assert sum(len(p) for p in pairs.values()) == 3000  # distinct, and no pair in two splits
+    assert (
+        build_demo_corpus(num_pairs=3000, validation_size=200, test_size=300, seed=7)["test"][:5] == corpus["test"][:5]
+    )
+    sources = [p["en"] for p in corpus["train"]["translation"]]
+    assert any("thousand" in s for s in sources) and any("million" in s for s in sources)
+    assert any(s.count(",") == 2 and s.split(",")[0].endswith("day") for s in sources)  # Friday, August 26, 1955
+    assert any(len(s.split()) == 3 and s.split()[0].endswith(".") is False and len(s.split()[0]) == 3 for s in sources)
+
+
+def test_demo_examples_from_the_issue():
+    import datetime
+
+    from babel.dates import format_date
+    from num2words import num2words
+
+    assert num2words(7961, lang="en") == "seven thousand, nine hundred and sixty-one"
+    assert num2words(7961, lang="de") == "siebentausendneunhunderteinundsechzig"
+    date = datetime.date(1955, 8, 26)
+    assert format_date(date, "full", locale="en_US") == "Friday, August 26, 1955"
+    assert format_date(date, "full", locale="de_DE") == "Freitag, 26. August 1955"
+    assert format_date(date, "medium", locale="en_US") == "Aug 26, 1955"
+    assert format_date(date, "medium", locale="de_DE") == "26.08.1955"
+
+
+def test_local_files_and_their_errors(tmp_path, capsys):
+    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "a.de").write_text("eins\nzwei\n")
+    with pytest.raises(ValueError, match=r"a.en has 3 lines, .*a.de has 2"):
+        load_translation_data(train_file=f"{tmp_path / 'a.en'},{tmp_path / 'a.de'}")
+    with pytest.raises(FileNotFoundError, match=r"missing.jsonl does not exist"):
+        load_translation_data(train_file=str(tmp_path / "missing.jsonl"))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"translation": {"en": "one", "fr": "un"}}) + "\n")
+    with pytest.raises(
+        ValueError, match=r"Language key 'de' is not in the 'train' split; its translation keys are \['en', 'fr'\]"
+    ):
+        load_translation_data(train_file=str(tmp_path / "t.jsonl"))
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(ValueError, match=r"The 'train' split is empty"):
+        load_translation_data(train_file=str(tmp_path / "empty.tsv"))
+    (tmp_path / "ok.tsv").write_text("one\teins\n\tleer\ntwo\tzwei\n" + "x" * 50 + "\tlang\n")
+    data = load_translation_data(train_file=str(tmp_path / "ok.tsv"))
+    cleaned = clean_split(data["train"], "en", "de", max_chars=20, split="train")
+    assert len(cleaned) == 2
+    assert "train: dropped 2 of 4 pairs that were empty or over 20 characters" in capsys.readouterr().out
+    (tmp_path / "b.en").write_text("one\ntwo\n")
+    (tmp_path / "b.de").write_text("eins\nzwei\n")
+    aligned = load_translation_data(train_file=f"{tmp_path / 'b.en'},{tmp_path / 'b.de'}")
+    assert aligned["train"][1]["translation"] == {"en": "two", "de": "zwei"}
+
+
+def test_shared_bpe_tokenizer_round_trips_and_matches_the_config(tmp_path):
+    corpus = build_demo_corpus(num_pairs=2000, validation_size=10, test_size=10)
+    texts = [p[lang] for p in corpus["train"]["translation"] for lang in ("en", "de")]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    assert len(tokenizer) <= 300
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_IDS} == SPECIAL_IDS
+    for text in texts[:200] + ["Freitag, 26. August 1955", "fünfhundert"]:
+        ids = tokenizer(text).input_ids
+        assert ids[-1] == SPECIAL_IDS["</s>"]
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    model = tiny_model(vocab_size=300)
+    check_tokenizer_matches_config(tokenizer, model.config)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded("Aug 26, 1955").input_ids == tokenizer("Aug 26, 1955").input_ids
+    with pytest.raises(ValueError, match=r"tokenizer has 300 tokens but the model's vocab_size is 128"):
+        check_tokenizer_matches_config(tokenizer, tiny_model().config)
+
+
+def test_checkpoint_averaging_is_the_mean_of_the_weights(tmp_path):
+    folders = []
+    for seed in range(3):
+        folder = tmp_path / f"checkpoint-{seed}"
+        tiny_model(seed=seed).save_pretrained(folder)
+        folders.append(folder)
+    average_checkpoints(folders, tmp_path / "averaged")
+    from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+    averaged = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path / "averaged")
+    models = [tiny_model(seed=s) for s in range(3)]
+    for name, tensor in averaged.state_dict().items():
+        expected = sum(m.state_dict()[name].double() for m in models) / 3
+        torch.testing.assert_close(tensor.double(), expected, atol=1e-7, rtol=1e-6)
+    assert averaged.lm_head.weight is averaged.get_input_embeddings().weight
+
+
+def test_translation_scores():
+    scores = translation_scores(["a b c d", "x y"], ["a b c d", "x z"])
+    assert scores["exact_match"] == 50.0 and 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100
+    assert translation_scores(["same text"], ["same text"])["chrf"] == pytest.approx(100.0)
+    assert math.isclose(translation_scores(["a"], ["b"])["exact_match"], 0.0)

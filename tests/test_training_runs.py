@@ -1,0 +1,132 @@
+"""End-to-end runs of training/train.py at tiny sizes: the Hub-ready result, two processes under accelerate, and
+resuming after a kill. Each compares against an independent run of the same recipe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--preset", "tiny", "--vocab_size", "200", "--demo_pairs", "1400", "--max_tokens", "800",
+    "--warmup_steps", "4", "--lr_scale", "4", "--logging_steps", "1", "--no_progress",
+]  # fmt: skip
+
+
+def run(args: list[str], launcher: list[str] | None = None, wait: bool = True, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    command = (launcher or [sys.executable]) + ["-m", "training.train", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def final_weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(output_dir / f"checkpoint-{step}")
+    return model.state_dict()
+
+
+def fixed_batch_loss(output_dir: Path, step: int) -> float:
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(output_dir / f"checkpoint-{step}").eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 200, (4, 9), generator=generator)
+    labels = torch.randint(4, 200, (4, 7), generator=generator)
+    with torch.no_grad():
+        return model(input_ids=ids, labels=labels).loss.item()
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_a_hub_ready_model_and_scores_it(tmp_path):
+    out = tmp_path / "run"
+    result = run([*TINY, "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2", "--eval_steps", "3",
+                  "--eval_samples", "20", "--average_last", "2", "--test_samples", "30"])  # fmt: skip
+    assert "[test] 30 pairs, averaged model of 2 checkpoints" in result.stdout
+    model_dir = out / "model"
+    names = set(os.listdir(model_dir))
+    assert {"model.safetensors", "config.json", "generation_config.json", "modeling_vanilla_transformer.py",
+            "configuration_vanilla_transformer.py", "tokenizer.json", "tokenizer_config.json",
+            "learning_curve.png", "results.json"} <= names  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["averaged_checkpoints"] == ["checkpoint-4", "checkpoint-6"]
+    assert {"bleu", "chrf", "exact_match"} <= set(results["test"]) and results["test"]["pairs"] == 30
+    assert any("eval_bleu" in entry for entry in results["log_history"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    assert tokenizer.pad_token_id == model.config.pad_token_id and len(tokenizer) <= model.config.vocab_size
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    assert (
+        generation["num_beams"] == 4 and generation["length_penalty_type"] == "gnmt" and "max_length" not in generation
+    )
+    # The averaged model is the mean of the last two checkpoints.
+    averaged = model.state_dict()
+    a, b = final_weights(out, 4), final_weights(out, 6)
+    for name in ("model.encoder.layers.0.self_attn.w_q.weight", "model.encoder.embed_tokens.weight"):
+        torch.testing.assert_close(averaged[name], (a[name] + b[name]) / 2)
+
+
+LAUNCHERS = {
+    # accelerate 1.15 runs `--cpu --num_processes 2` as one process (its CPU multi-process path needs mpirun);
+    # `--multi_gpu` on a machine without GPUs starts two processes that all-reduce over gloo.
+    "accelerate": [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, launcher):
+    """Two data-parallel processes with one batch each per step see the same global batch as one process that
+    accumulates two: with dropout off, the weights and losses agree to float tolerance."""
+    common = [*TINY, "--max_steps", "4", "--save_steps", "4", "--eval_steps", "1000", "--skip_test",
+              "--average_last", "1", "--config_overrides", '{"dropout": 0.0}']  # fmt: skip
+    run([*common, "--output_dir", str(tmp_path / "one"), "--gradient_accumulation_steps", "2"])
+    result = run([*common, "--output_dir", str(tmp_path / "two")], launcher=LAUNCHERS[launcher])
+    assert "[train] 2 processes x 1 accumulation steps: 400 tokens per batch" in result.stdout
+    state = lambda d: json.loads((d / "checkpoint-4" / "trainer_state.json").read_text())  # noqa: E731
+    logged = lambda d: [(e["loss"], e["grad_norm"]) for e in state(d)["log_history"] if "loss" in e]  # noqa: E731
+    one, two = logged(tmp_path / "one"), logged(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for (loss_1, norm_1), (loss_2, norm_2) in zip(one, two, strict=True):
+        assert loss_1 == pytest.approx(loss_2, rel=1e-4) and norm_1 == pytest.approx(norm_2, rel=1e-4)
+    weights_1, weights_2 = final_weights(tmp_path / "one", 4), final_weights(tmp_path / "two", 4)
+    for name in weights_1:
+        torch.testing.assert_close(weights_1[name], weights_2[name], atol=1e-4, rtol=1e-4)
+    assert fixed_batch_loss(tmp_path / "one", 4) == pytest.approx(fixed_batch_loss(tmp_path / "two", 4), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_resuming_after_a_kill_ends_where_an_uninterrupted_run_ends(tmp_path):
+    common = [*TINY, "--max_steps", "10", "--save_steps", "2", "--eval_steps", "1000", "--skip_test",
+              "--average_last", "1"]  # fmt: skip
+    run([*common, "--output_dir", str(tmp_path / "straight")])
+
+    interrupted = tmp_path / "interrupted"
+    process = run([*common, "--output_dir", str(interrupted)], wait=False)
+    deadline = time.monotonic() + 300
+    while not (interrupted / "checkpoint-4" / "trainer_state.json").is_file():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "checkpoint-10").exists()
+    result = run([*common, "--output_dir", str(interrupted)])
+    assert "[train] resuming from" in result.stdout
+
+    straight, resumed = final_weights(tmp_path / "straight", 10), final_weights(interrupted, 10)
+    for name in straight:
+        torch.testing.assert_close(straight[name], resumed[name], atol=1e-6, rtol=1e-5)
+    assert fixed_batch_loss(tmp_path / "straight", 10) == pytest.approx(fixed_batch_loss(interrupted, 10), abs=1e-6)

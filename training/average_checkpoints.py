@@ -1,0 +1,105 @@
+"""Checkpoint averaging (§6.1: the base models average the last 5 checkpoints, the big ones the last 20).
+
+    python -m training.average_checkpoints OUTPUT_DIR --last 5 --into averaged/
+    python -m training.average_checkpoints --checkpoints ckpt-a ckpt-b --into averaged/
+
+Each input is a folder written by `save_pretrained` (a Trainer `checkpoint-N` folder is one). The result is a
+folder that `from_pretrained` loads: the first checkpoint's config and code files with the averaged weights.
+transformers and accelerate have no checkpoint averaging, so it is written here (as fairseq's
+`average_checkpoints.py` does for fairseq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def complete_checkpoints(output_dir: str | Path, for_resume: bool = False) -> list[Path]:
+    """The `checkpoint-N` folders of a run that were written to the end, oldest first.
+
+    The Trainer writes `trainer_state.json` last, so a folder whose state file is present and parses holds its
+    weights (and, for resuming, its optimizer and scheduler state); a run killed while saving leaves a folder
+    without it, which is skipped.
+    """
+    output_dir = Path(output_dir)
+    needed = [WEIGHTS] + (["optimizer.pt", "scheduler.pt"] if for_resume else [])
+    found = []
+    for path in output_dir.iterdir() if output_dir.is_dir() else []:
+        match = _CHECKPOINT.match(path.name)
+        if not (match and path.is_dir() and all((path / name).is_file() for name in needed)):
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path:
+    """Averages the weights of `checkpoints` (in float64, stored in each tensor's own dtype) into `into`."""
+    if not checkpoints:
+        raise ValueError("No checkpoints to average.")
+    paths = [Path(c) for c in checkpoints]
+    for path in paths:
+        if not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path} has no {WEIGHTS}; expected a folder written by save_pretrained.")
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for path in paths:
+        state = load_file(path / WEIGHTS)
+        if total and set(state) != set(total):
+            raise ValueError(f"{path} holds other tensors than {paths[0]}: {sorted(set(state) ^ set(total))[:5]}")
+        for name, tensor in state.items():
+            if name in total and tensor.shape != total[name].shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)} in {path}, {tuple(total[name].shape)} in {paths[0]}."
+                )
+            dtypes[name] = tensor.dtype
+            total[name] = total.get(name, 0) + tensor.to(torch.float64)
+    into = Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    for item in paths[0].iterdir():  # config, generation config, code files, tokenizer if present
+        if item.is_file() and item.suffix in (".json", ".py", ".txt", ".model") and "trainer_state" not in item.name:
+            shutil.copy2(item, into / item.name)
+    averaged = {name: (tensor / len(paths)).to(dtypes[name]).contiguous() for name, tensor in total.items()}
+    temporary = into / (WEIGHTS + ".tmp")
+    save_file(averaged, temporary, metadata={"format": "pt"})
+    temporary.replace(into / WEIGHTS)  # never a half-written weights file
+    return into
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", nargs="?", help="a training run's folder with checkpoint-N folders")
+    parser.add_argument(
+        "--last", type=int, default=5, help="average the last N complete checkpoints (paper: 5 base, 20 big)"
+    )
+    parser.add_argument("--checkpoints", nargs="+", help="explicit checkpoint folders instead of output_dir")
+    parser.add_argument("--into", required=True, help="the folder to write the averaged model to")
+    args = parser.parse_args(argv)
+    if args.checkpoints:
+        chosen = args.checkpoints
+    elif args.output_dir:
+        found = complete_checkpoints(args.output_dir)
+        if not found:
+            raise SystemExit(f"No complete checkpoint-N folders in {args.output_dir}.")
+        chosen = found[-args.last :]
+    else:
+        raise SystemExit("Give a training output folder or --checkpoints.")
+    average_checkpoints(chosen, args.into)
+    print(f"Averaged {len(chosen)} checkpoints ({', '.join(Path(c).name for c in chosen)}) into {args.into}")
+
+
+if __name__ == "__main__":
+    main()
