@@ -25,6 +25,7 @@ from .modeling_vanilla_transformer import (
     shift_tokens_right,
     sinusoidal_position_encoding,
 )
+from .translation import translate
 
 __version__ = "0.1.0"
 
@@ -51,4 +52,5 @@ __all__ = [
     "paper_parameter_count",
     "shift_tokens_right",
     "sinusoidal_position_encoding",
+    "translate",
 ]

@@ -174,6 +174,42 @@ class VanillaTransformerConfig(PreTrainedConfig):
     def embedding_init_std(self) -> float:
         return self.init_std if self.init_std is not None else self.d_model**-0.5
 
+    def deviations_from_paper(self) -> list[str]:
+        """Every setting of this config that the paper's model does not have, in words (for model cards)."""
+        found = []
+        if self.norm_first:
+            found.append("pre-LN sub-layers with a final layer norm per stack (norm_first=True); the paper is post-LN")
+        if self.attention_dropout:
+            found.append(f"dropout {self.attention_dropout} on the attention weights (attention_dropout)")
+        if self.activation_dropout:
+            found.append(f"dropout {self.activation_dropout} after the FFN's ReLU (activation_dropout)")
+        if not self.tie_word_embeddings:
+            found.append("separate source, target and output matrices (tie_word_embeddings=False)")
+        if not self.scale_embedding:
+            found.append("embeddings not multiplied by sqrt(d_model) (scale_embedding=False)")
+        if self.encoder_layers != self.decoder_layers:
+            found.append(f"{self.encoder_layers} encoder and {self.decoder_layers} decoder layers (the paper: equal N)")
+        if self.table3_row() is None:
+            found.append(
+                f"a size that is no Table 3 row (d_model {self.d_model}, d_ff {self.d_ff}, h {self.h}, "
+                f"N {self.encoder_layers}, P_drop {self.dropout}, eps_ls {self.label_smoothing})"
+            )
+        return found
+
+    def table3_row(self) -> str | None:
+        """The name of the Table 3 row this config's sizes match (vocabulary aside), or None."""
+        keys = ("d_model", "d_ff", "h", "d_k", "d_v", "encoder_layers", "decoder_layers", "dropout", "label_smoothing")
+        for name, row in PRESETS.items():
+            if name == "tiny":
+                continue
+            expected = {"position_encoding": "sinusoidal", **row}
+            if (
+                all(getattr(self, k) == expected[k] for k in keys)
+                and self.position_encoding == expected["position_encoding"]
+            ):
+                return name
+        return None
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> VanillaTransformerConfig:
         """A configuration of Table 3 (or the tiny test model), with `overrides` applied on top.

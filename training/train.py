@@ -40,9 +40,12 @@ from hf_vanilla_transformer import (
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
     paper_generation_config,
+    translate,
 )
+from training.attention_maps import attention_maps
 from training.average_checkpoints import average_checkpoints, complete_checkpoints
 from training.data import clean_split, load_translation_data
+from training.model_card import check_card, render_card, result_lines
 from training.tokenizer import check_tokenizer_matches_config, train_bpe_tokenizer
 
 # The demo's model: small enough to train on 2 CPU cores in minutes (not a Table 3 row; see the README).
@@ -189,33 +192,6 @@ def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str
         "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
         "exact_match": 100.0 * sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references),
     }
-
-
-def translate(model, tokenizer, sources: list[str], batch_tokens: int = 4000, **generate_kwargs: Any) -> list[str]:
-    """Translates with the model's generation config (the paper's decoding unless overridden), in length-sorted
-    batches of about `batch_tokens` source tokens; the output keeps the input order."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    encoded = [tokenizer(s).input_ids for s in sources]
-    order = sorted(range(len(sources)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(sources)
-    batches, batch = [], []
-    for i in order:
-        if batch and (len(batch) + 1) * len(encoded[i]) > batch_tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        batches.append(batch)
-    device = next(model.parameters()).device
-    for batch in tqdm(batches, desc="translating", disable=len(batches) < 3, leave=False):
-        padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-        with torch.no_grad():
-            generated = model.generate(**padded, **generate_kwargs)
-        for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            outputs[i] = text
-    return outputs
 
 
 def make_compute_metrics(tokenizer):
@@ -461,6 +437,8 @@ def finish(args, trainer, tokenizer, data, output_dir: Path, started: float) -> 
         "averaged_checkpoints": [c.name for c in checkpoints],
         "train_seconds": round(time.perf_counter() - started, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_learning_rate": trainer.args.learning_rate,
+        "device": f"{trainer.args.world_size} x {trainer.args.device.type}",
         "log_history": trainer.state.log_history,
     }
     if not args.skip_test and "test" in data:
@@ -482,11 +460,57 @@ def finish(args, trainer, tokenizer, data, output_dir: Path, started: float) -> 
             f"[test] {len(pairs)} pairs, averaged model of {len(checkpoints)} checkpoints: "
             f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}  exact match {scores['exact_match']:.2f}%"
         )
+        pictures = attention_maps(model, tokenizer, sources[0], model_dir)
+        write_demo_card(args, model, results, checkpoints, pictures, model_dir, example=sources[0])
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     (model_dir / "results.json").write_text(
         json.dumps({k: v for k, v in results.items() if k != "log_history"}, indent=2, ensure_ascii=False)
     )
     return results
+
+
+def write_demo_card(args, model, results, checkpoints, pictures, model_dir: Path, example: str) -> None:
+    """The model folder's README.md: a model card with the measured test scores, the learning curve and the
+    attention maps."""
+    test = results["test"]
+    dataset = (
+        "bundled demo corpus (numbers and dates, num2words + Babel CLDR)" if args.dataset == "demo" else args.dataset
+    )
+    card = render_card(
+        model.config,
+        repo_id=f"vanilla-transformer-{args.preset}-{args.source_lang}-{args.target_lang}",
+        title=f"Transformer ({args.preset}), {args.source_lang} -> {args.target_lang}",
+        summary=f"Trained on the {dataset}: {results['parameters']:,} parameters, {results['steps']} steps, the "
+        f"average of the last {len(checkpoints)} checkpoints.",
+        training=(
+            f"`python -m training.train {' '.join(sys.argv[1:]) if sys.argv[1:] else '(defaults)'}`\n\n"
+            f"Adam (0.9, 0.98, 1e-9); the inverse-square-root schedule with {args.warmup_steps} warm-up steps and "
+            f"peak {results['peak_learning_rate']:.3g}; label smoothing {model.config.label_smoothing}; batches of "
+            f"at most {args.max_tokens} source + target tokens; {results['steps']} steps in "
+            f"{results['train_seconds']:.0f} s on {results['device']}; checkpoints every {args.save_steps} steps, "
+            f"the last {len(checkpoints)} averaged ({', '.join(c.name for c in checkpoints)})."
+        ),
+        results=(
+            f"Decoded with the paper's beam search (beam 4, GNMT length penalty 0.6, maximum length = source "
+            f"length + 50), scored with sacreBLEU on detokenized text:\n\n{result_lines(test)}"
+        ),
+        limitations=(
+            "A demonstration model: it translates English number words and dates of the form the corpus has "
+            "(years 1000-2999, numbers below ten million) and nothing else. It shows the architecture, the recipe "
+            "and the Hugging Face integration working end to end on a CPU."
+            if args.dataset == "demo"
+            else "Trained for the data named above; judge it on your own data before use."
+        ),
+        languages=(args.source_lang, args.target_lang),
+        datasets=None if args.dataset == "demo" else [args.dataset],
+        scores=test,
+        dataset_name=dataset,
+        dataset_type="demo" if args.dataset == "demo" else args.dataset,
+        pictures=[("learning curve", "learning_curve.png")] + [(p.stem.replace("_", " "), p.name) for p in pictures],
+        example_source=example,
+    )
+    card.save(model_dir / "README.md")
+    check_card(model_dir / "README.md")
 
 
 def cli() -> None:

@@ -1,0 +1,177 @@
+"""Hub-ready folders: the model card renders and validates, the upload checks stop on anything missing, and a
+folder translates in a fresh virtual environment that has torch and transformers but not this package."""
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from hf_vanilla_transformer import translate
+from training.model_card import check_card, preset_card
+from training.push_to_hub import REQUIRED, check_model_folder
+from training.push_to_hub import main as push_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """The model folder of a tiny run of training/train.py (weights, code, tokenizer, card, pictures)."""
+    out = tmp_path_factory.mktemp("run")
+    command = [sys.executable, "-m", "training.train", "--output_dir", str(out), "--preset", "tiny",
+               "--vocab_size", "200", "--demo_pairs", "1400", "--max_tokens", "800", "--warmup_steps", "4",
+               "--lr_scale", "4", "--no_progress", "--max_steps", "6", "--save_steps", "2", "--eval_steps", "3",
+               "--eval_samples", "20", "--average_last", "2", "--test_samples", "30"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "model"
+
+
+def metadata(path: Path) -> dict:
+    text = path.read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+def test_the_demo_card_has_real_numbers_pictures_and_valid_metadata(model_folder):
+    card = check_card(model_folder / "README.md")
+    data = metadata(model_folder / "README.md")
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "translation"
+    assert data["language"] == ["en", "de"] and data["license"] == "apache-2.0"
+    results = json.loads((model_folder / "results.json").read_text())["test"]
+    metrics = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {k: round(results[k], 2) for k in ("bleu", "chrf", "exact_match")}
+    for picture in ("learning_curve.png", "attention_encoder.png", "attention_cross.png"):
+        assert f"]({picture})" in card.text and (model_folder / picture).stat().st_size > 5000
+        assert (model_folder / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trust_remote_code=True" in card.text and "Deviations from the paper" in card.text
+    assert "a size that is no Table 3 row" in card.text  # the tiny model is named as a deviation
+
+
+@pytest.mark.parametrize("preset", ["base", "big"])
+def test_the_kept_preset_cards_are_current_and_valid(preset, tmp_path):
+    kept = ROOT / "model_cards" / f"{preset}.md"
+    check_card(kept)
+    preset_card(preset).save(tmp_path / "card.md")
+    assert (tmp_path / "card.md").read_text() == kept.read_text(), "regenerate with python -m training.model_card"
+    assert "Untrained" in kept.read_text() and "model-index" not in metadata(kept)
+
+
+def test_a_card_without_required_metadata_fails(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A card\n")
+    with pytest.raises(ValueError, match=r"lacks metadata: library_name, pipeline_tag, language, tags"):
+        check_card(tmp_path / "README.md")
+
+
+def test_dry_run_lists_every_file_and_its_size(model_folder, capsys):
+    push_main([str(model_folder), "--repo_id", "someone/demo", "--dry_run"])
+    out = capsys.readouterr().out
+    for name in [*REQUIRED, "learning_curve.png", "attention_encoder.png", "attention_cross.png"]:
+        size = (model_folder / name).stat().st_size
+        assert f"{name}" in out and f"{size:,} bytes" in out, name
+    assert "Would upload" in out
+
+
+@pytest.mark.parametrize("missing", list(REQUIRED))
+def test_each_missing_file_stops_the_upload_before_any_network_call(model_folder, tmp_path, missing, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    (folder / missing).unlink()
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was called")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", no_network)
+    with pytest.raises(SystemExit, match=f"Not uploaded: .*lacks: {missing}"):
+        push_main([str(folder), "--repo_id", "someone/demo"])
+    with pytest.raises(ValueError, match=missing):
+        check_model_folder(folder)
+
+
+def test_an_invalid_card_or_auto_map_stops_the_upload(model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    card = (folder / "README.md").read_text().replace("pipeline_tag: translation\n", "")
+    (folder / "README.md").write_text(card)
+    with pytest.raises(ValueError, match="lacks metadata: pipeline_tag"):
+        check_model_folder(folder)
+    shutil.copy(model_folder / "README.md", folder / "README.md")
+    config = json.loads((folder / "config.json").read_text())
+    del config["auto_map"]["AutoModel"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no auto_map entry for AutoModel"):
+        check_model_folder(folder)
+
+
+@pytest.mark.slow
+def test_a_fresh_virtualenv_without_the_package_translates_the_same(model_folder, tmp_path):
+    """A new venv whose only packages are this environment's installed wheels (torch, transformers, ...) through
+    a .pth file, which does not carry the editable install of this package."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    venv_site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    Path(venv_site, "reuse_wheels.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    lines = ["Friday, August 26, 1955", "seven thousand, nine hundred and sixty-one", "Aug 3, 2001", "twelve"]
+    code = textwrap.dedent(
+        f"""
+        import json, torch
+        try:
+            import hf_vanilla_transformer
+            raise SystemExit("the package must not be importable in the fresh venv")
+        except ImportError:
+            pass
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained({str(model_folder)!r}, trust_remote_code=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(model_folder)!r}, trust_remote_code=True).eval()
+        batch = tokenizer({lines!r}, return_tensors="pt", padding=True)
+        output = model.generate(**batch)
+        print(json.dumps(tokenizer.batch_decode(output, skip_special_tokens=True)))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert printed, result.stdout[-2000:] + result.stderr[-2000:]
+    outside = json.loads(printed[-1])
+
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_folder)
+    assert translate(model, tokenizer, lines, progress=False) == outside
+
+
+def test_translate_command_reads_stdin_and_keeps_order(model_folder, tmp_path):
+    lines = ["Aug 3, 2001", "", "twelve", "Friday, August 26, 1955"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "hf_vanilla_transformer.translation", str(model_folder), "--batch_tokens", "8"]
+    with open(tmp_path / "in.txt") as stdin:
+        result = subprocess.run(command, stdin=stdin, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    expected = []
+    for line in lines:  # one at a time: batching must not change a translation
+        expected.append(translate(model, tokenizer, [line], progress=False)[0])
+    assert result.stdout.splitlines() == expected and expected[1] == ""
+
+
+def test_tiny_config_fixture_is_the_preset():
+    assert tiny_config().d_model == 32
