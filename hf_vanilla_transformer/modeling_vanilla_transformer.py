@@ -299,6 +299,43 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any) -> Any:
+        """`PreTrainedModel.from_pretrained`, except that a checkpoint missing some of the model's tensors (or
+        holding them at other shapes) is an error naming them: transformers would initialise them at random and
+        only warn, which turns a damaged checkpoint into a model that silently translates garbage. Pass
+        `allow_missing_weights=True` to initialise missing tensors anyway (e.g. when adding layers), and
+        `ignore_mismatched_sizes=True` to re-initialise tensors of the wrong shape."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        try:
+            # Loaded with ignore_mismatched_sizes=True so that the mismatches are reported by name below (the
+            # library's own error names none of them).
+            model, info = super().from_pretrained(
+                *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except Exception as error:
+            if "safetensors" in type(error).__module__ or "SafetensorError" in type(error).__name__:
+                raise OSError(
+                    f"The weights file of {args[0] if args else kwargs.get('pretrained_model_name_or_path')} is "
+                    f"truncated or corrupted and cannot be read ({error}); save or download it again."
+                ) from error
+            raise
+        missing = sorted(info.get("missing_keys", []))
+        if missing and not allow_missing_weights:
+            raise ValueError(
+                f"The checkpoint lacks {len(missing)} of the model's tensors: {', '.join(missing[:10])}"
+                f"{' ...' if len(missing) > 10 else ''}. They would be initialised at random; pass "
+                "allow_missing_weights=True if that is what you want."
+            )
+        mismatched = info.get("mismatched_keys", [])
+        if mismatched and not ignore_mismatched_sizes:
+            described = ", ".join(
+                f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in sorted(mismatched)[:10]
+            )
+            raise ValueError(f"Tensors have other shapes in the checkpoint than in the model: {described}.")
+        return (model, info) if wants_info else model
+
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         # transformers writes only the saved class's own Auto entry into `auto_map`; a folder must also load with
         # the other Auto class (AutoModel for the LM and the reverse), so both are written.

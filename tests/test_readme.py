@@ -1,4 +1,5 @@
-"""The README's usage examples run, in order, as one program (each block builds on the ones before)."""
+"""The README's usage examples (```python blocks) run, in order, as one program (each block builds on the ones
+before). A ```py block names files the reader has (a trained model folder) and is shown, not run."""
 
 import re
 from pathlib import Path

@@ -3,6 +3,7 @@ resuming after a kill. Each compares against an independent run of the same reci
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -130,3 +131,110 @@ def test_resuming_after_a_kill_ends_where_an_uninterrupted_run_ends(tmp_path):
     for name in straight:
         torch.testing.assert_close(straight[name], resumed[name], atol=1e-6, rtol=1e-5)
     assert fixed_batch_loss(tmp_path / "straight", 10) == pytest.approx(fixed_batch_loss(interrupted, 10), abs=1e-6)
+
+
+def loadable(checkpoint: Path) -> bool:
+    from safetensors.torch import load_file
+
+    load_file(checkpoint / "model.safetensors")
+    json.loads((checkpoint / "trainer_state.json").read_text())
+    torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    return True
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    from training.average_checkpoints import complete_checkpoints
+
+    common = [*TINY, "--max_steps", "14", "--save_steps", "1", "--eval_steps", "1000", "--skip_test",
+              "--average_last", "2"]  # fmt: skip
+    run([*common, "--output_dir", str(tmp_path / "straight")])
+    faulty = tmp_path / "faulty"
+    rng = random.Random(0)
+    kills = 0
+    for _attempt in range(4):
+        process = run([*common, "--output_dir", str(faulty)], wait=False)
+
+        # Wait until training is under way (a checkpoint beyond the resumed one), then kill at a random moment.
+        def latest():
+            found = complete_checkpoints(faulty)
+            return int(found[-1].name.split("-")[1]) if found else 0
+
+        start = latest()
+        deadline = time.monotonic() + 120
+        while latest() <= start and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        for checkpoint in complete_checkpoints(faulty):  # every checkpoint that looks complete is complete
+            assert loadable(checkpoint), checkpoint
+    assert kills >= 2
+    run([*common, "--output_dir", str(faulty)])
+    straight, resumed = final_weights(tmp_path / "straight", 14), final_weights(faulty, 14)
+    for name in straight:
+        torch.testing.assert_close(straight[name], resumed[name], atol=1e-6, rtol=1e-5)
+    assert fixed_batch_loss(tmp_path / "straight", 14) == pytest.approx(fixed_batch_loss(faulty, 14), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_runs_with_one_seed_are_identical(tmp_path):
+    common = [*TINY, "--max_steps", "3", "--save_steps", "3", "--eval_steps", "1000", "--skip_test",
+              "--average_last", "1"]  # fmt: skip
+    run([*common, "--output_dir", str(tmp_path / "a")])
+    run([*common, "--output_dir", str(tmp_path / "b")])
+    a, b = final_weights(tmp_path / "a", 3), final_weights(tmp_path / "b", 3)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_an_unwritable_output_folder_fails_before_training(tmp_path):
+    from training.train import main
+
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"Cannot write to the output folder .*a_file/run"):
+        main(["--output_dir", str(tmp_path / "a_file" / "run"), *TINY, "--max_steps", "2"])
+
+
+def test_too_little_disk_space_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    from training.train import main
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    with pytest.raises(SystemExit, match=r"Not enough disk space in .*: 10,000 bytes free, about [\d,]+ needed"):
+        main(["--output_dir", str(tmp_path / "run"), *TINY, "--max_steps", "2"])
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_save_keeps_earlier_checkpoints_and_resumes(tmp_path, monkeypatch):
+    import errno
+
+    import transformers.modeling_utils as modeling_utils
+
+    from training.average_checkpoints import complete_checkpoints
+    from training.train import main
+
+    out = tmp_path / "run"
+    args = [*TINY, "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2", "--eval_steps", "1000",
+            "--skip_test", "--average_last", "2"]  # fmt: skip
+    real_save, calls = modeling_utils.safe_save_file, []
+
+    def full_disk_on_the_third_save(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # checkpoint-6: the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk_on_the_third_save)
+    with pytest.raises(OSError, match=r"Saving checkpoint-6 .* failed \(No space left on device\); the complete "
+                       r"checkpoints \['checkpoint-2', 'checkpoint-4'\] are intact"):  # fmt: skip
+        main(args)
+    assert [c.name for c in complete_checkpoints(out, for_resume=True)] == ["checkpoint-2", "checkpoint-4"]
+    assert all(loadable(c) for c in complete_checkpoints(out))
+    monkeypatch.setattr(modeling_utils, "safe_save_file", real_save)
+    results = main(args)  # disk freed: the rerun resumes from checkpoint-4 and finishes
+    assert results["steps"] == 6 and (out / "checkpoint-6" / "trainer_state.json").is_file()

@@ -33,10 +33,13 @@ def complete_checkpoints(output_dir: str | Path, for_resume: bool = False) -> li
     """
     output_dir = Path(output_dir)
     needed = [WEIGHTS] + (["optimizer.pt", "scheduler.pt"] if for_resume else [])
+    # The Trainer writes rng_state.pth (one process) or rng_state_<rank>.pth (several) before trainer_state.json.
     found = []
     for path in output_dir.iterdir() if output_dir.is_dir() else []:
         match = _CHECKPOINT.match(path.name)
         if not (match and path.is_dir() and all((path / name).is_file() for name in needed)):
+            continue
+        if for_resume and not any(path.glob("rng_state*.pth")):
             continue
         try:
             json.loads((path / "trainer_state.json").read_text())

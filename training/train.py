@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -157,6 +158,20 @@ class TokenBatchingTrainer(Seq2SeqTrainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # A checkpoint counts as written once its trainer_state.json (the Trainer's last file) parses, so a save
+        # that fails half-way (a full disk, a kill) leaves a folder that resuming and averaging skip; the earlier
+        # checkpoints are untouched. The error says so instead of a bare OSError from deep inside torch.save.
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as error:
+            intact = [c.name for c in complete_checkpoints(self.args.output_dir, for_resume=True)]
+            raise OSError(
+                error.errno,
+                f"Saving checkpoint-{self.state.global_step} in {self.args.output_dir} failed ({error.strerror or error}); "
+                f"the complete checkpoints {intact or '(none)'} are intact and a rerun resumes from the last of them.",
+            ) from error
 
 
 class SaveEveryMinutesCallback(TrainerCallback):
@@ -318,13 +333,27 @@ def tokenize_split(rows, tokenizer, args: argparse.Namespace, split: str):
 
 
 def check_output_dir(output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """Fails before any work when the output folder cannot be created or written."""
     probe = output_dir / ".write_test"
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
         raise SystemExit(f"Cannot write to the output folder {output_dir}: {error}") from error
+
+
+def check_disk_space(output_dir: Path, parameters: int, checkpoints_kept: int) -> None:
+    """Fails before training when the checkpoints cannot fit: each holds the fp32 weights and Adam's two
+    moments (12 bytes a parameter), `checkpoints_kept` + 1 of them exist at once, plus the averaged and final
+    model folders."""
+    needed = parameters * 12 * (checkpoints_kept + 1) + parameters * 4 * 2
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise SystemExit(
+            f"Not enough disk space in {output_dir}: {free:,} bytes free, about {needed:,} needed for "
+            f"{checkpoints_kept + 1} checkpoints of {parameters:,} parameters and the final model."
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -358,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = VanillaTransformerForConditionalGeneration(config)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    check_disk_space(output_dir, sum(p.numel() for p in model.parameters()), max(args.average_last, 1) + 1)
     peak = args.learning_rate or config.d_model**-0.5 * args.warmup_steps**-0.5  # §5.3
     peak *= args.lr_scale
     resume = complete_checkpoints(output_dir, for_resume=True)
