@@ -25,8 +25,9 @@ DEMO_ARGS := --output_dir outputs/demo --preset demo --vocab_size 1000 --max_tok
 	--warmup_steps 300 --lr_scale 0.5 --save_steps 200 --average_last 5 --eval_steps 700 --eval_samples 300 \
 	--logging_steps 100
 
-demo: setup
-	$(BIN)/python -m training.train $(DEMO_ARGS)
+demo:
+	@start=$$(date +%s); $(MAKE) --no-print-directory setup && $(BIN)/python -m training.train $(DEMO_ARGS) && \
+	echo "[demo] wall time $$(( $$(date +%s) - start )) s, set-up included"
 
 # Build, save, reload and decode the full-size base model and a tiny one (no training).
 smoke: setup

@@ -131,6 +131,11 @@ def test_resuming_after_a_kill_ends_where_an_uninterrupted_run_ends(tmp_path):
     for name in straight:
         torch.testing.assert_close(straight[name], resumed[name], atol=1e-6, rtol=1e-5)
     assert fixed_batch_loss(tmp_path / "straight", 10) == pytest.approx(fixed_batch_loss(interrupted, 10), abs=1e-6)
+    # Rerunning a finished run trains nothing more (the Trainer, resumed at max_steps, would take a step).
+    again = run([*common, "--output_dir", str(interrupted)])
+    assert "checkpoint-10 is at max_steps: nothing to train" in again.stdout
+    assert not (interrupted / "checkpoint-11").exists()
+    assert all(torch.equal(resumed[name], final_weights(interrupted, 10)[name]) for name in resumed)
 
 
 def loadable(checkpoint: Path) -> bool:
@@ -172,7 +177,9 @@ def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(tm
         for checkpoint in complete_checkpoints(faulty):  # every checkpoint that looks complete is complete
             assert loadable(checkpoint), checkpoint
     assert kills >= 2
-    run([*common, "--output_dir", str(faulty)])
+    final = run([*common, "--output_dir", str(faulty)])
+    found = sorted(p.name for p in faulty.iterdir())
+    assert (faulty / "checkpoint-14" / "config.json").is_file(), (found, final.stdout[-3000:])
     straight, resumed = final_weights(tmp_path / "straight", 14), final_weights(faulty, 14)
     for name in straight:
         torch.testing.assert_close(straight[name], resumed[name], atol=1e-6, rtol=1e-5)
@@ -238,3 +245,22 @@ def test_a_full_disk_at_a_save_keeps_earlier_checkpoints_and_resumes(tmp_path, m
     monkeypatch.setattr(modeling_utils, "safe_save_file", real_save)
     results = main(args)  # disk freed: the rerun resumes from checkpoint-4 and finishes
     assert results["steps"] == 6 and (out / "checkpoint-6" / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_half_written_newest_checkpoint_is_removed_and_redone(tmp_path):
+    """A save killed while writing trainer_state.json leaves a folder with every file. Saving into it again would
+    not change the folder's mtime, and the Trainer's mtime-ordered rotation would take the new checkpoint for the
+    oldest and delete it (seen in CI under load)."""
+    common = [*TINY, "--max_steps", "6", "--save_steps", "1", "--eval_steps", "1000", "--skip_test"]
+    run([*common, "--average_last", "5", "--output_dir", str(tmp_path / "straight")])
+    broken = tmp_path / "broken"
+    run([*common, "--average_last", "5", "--output_dir", str(broken)])  # keeps checkpoint-1 ... checkpoint-6
+    state = broken / "checkpoint-6" / "trainer_state.json"
+    state.write_text(state.read_text()[:50])  # cut off mid-write
+    os.utime(broken / "checkpoint-6", (time.time() - 3600, time.time() - 3600))
+    result = run([*common, "--average_last", "1", "--output_dir", str(broken)])  # keeps 2: the rotation runs
+    assert "removing the incomplete checkpoint checkpoint-6" in result.stdout
+    assert "[train] resuming from" in result.stdout and "checkpoint-5" in result.stdout
+    straight, redone = final_weights(tmp_path / "straight", 6), final_weights(broken, 6)
+    assert all(torch.equal(straight[name], redone[name]) for name in straight)

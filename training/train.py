@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -189,6 +190,23 @@ class SaveEveryMinutesCallback(TrainerCallback):
         self.last = time.monotonic()
 
 
+class KeepLastCheckpointsCallback(TrainerCallback):
+    """Keeps the newest `keep` complete checkpoints by step number and deletes the rest. This replaces the
+    Trainer's `save_total_limit`, which orders checkpoints by folder mtime and, after a run was killed while
+    deleting or saving one, can take a new checkpoint for an old one and delete it. The state file goes first, so
+    a deletion cut short leaves a folder that counts as incomplete."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        for old in complete_checkpoints(args.output_dir)[: -self.keep]:
+            (old / "trainer_state.json").unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)
+
+
 class SaveAtEndCallback(TrainerCallback):
     """The last step is always a full checkpoint (the Trainer saves only every save_steps)."""
 
@@ -343,6 +361,16 @@ def check_output_dir(output_dir: Path) -> None:
         raise SystemExit(f"Cannot write to the output folder {output_dir}: {error}") from error
 
 
+def remove_incomplete_checkpoints(output_dir: Path, complete: list[Path]) -> None:
+    """Deletes checkpoint folders that a killed or failed save left half-written. They hold nothing usable, and
+    the Trainer must not save into them: it would overwrite their files without changing the folder's mtime, and
+    its mtime-ordered rotation would then take the new checkpoint for the oldest and delete it."""
+    for path in sorted(output_dir.glob("checkpoint-*")):
+        if path.is_dir() and path not in complete:
+            print(f"[train] removing the incomplete checkpoint {path.name} (a save that did not finish)")
+            shutil.rmtree(path)
+
+
 def check_disk_space(output_dir: Path, parameters: int, checkpoints_kept: int) -> None:
     """Fails before training when the checkpoints cannot fit: each holds the fp32 weights and Adam's two
     moments (12 bytes a parameter), `checkpoints_kept` + 1 of them exist at once, plus the averaged and final
@@ -391,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.learning_rate or config.d_model**-0.5 * args.warmup_steps**-0.5  # §5.3
     peak *= args.lr_scale
     resume = complete_checkpoints(output_dir, for_resume=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        remove_incomplete_checkpoints(output_dir, resume)
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
         max_steps=args.max_steps,
@@ -414,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         predict_with_generate=True,
         save_strategy="steps",
         save_steps=args.save_steps,
-        save_total_limit=max(args.average_last, 1) + 1,
+        save_total_limit=None,  # KeepLastCheckpointsCallback keeps average_last + 1 checkpoints
         logging_steps=args.logging_steps,
         report_to=[],
         seed=args.seed,
@@ -424,7 +454,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         remove_unused_columns=True,
         use_cpu=not torch.cuda.is_available(),
     )
-    callbacks = [SaveAtEndCallback()] + ([SaveEveryMinutesCallback(args.save_minutes)] if args.save_minutes else [])
+    callbacks = [SaveAtEndCallback(), KeepLastCheckpointsCallback(max(args.average_last, 1) + 1)] + (
+        [SaveEveryMinutesCallback(args.save_minutes)] if args.save_minutes else []
+    )
     trainer = TokenBatchingTrainer(
         model=model,
         args=training_args,
@@ -436,9 +468,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         callbacks=callbacks,
         max_tokens=args.max_tokens,
     )
+
+    done = resume and json.loads((resume[-1] / "trainer_state.json").read_text())["global_step"] >= args.max_steps
     if resume and trainer.is_world_process_zero():
-        print(f"[train] resuming from {resume[-1]}")
-    trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
+        print(
+            f"[train] {resume[-1].name} is at max_steps: nothing to train"
+            if done
+            else f"[train] resuming from {resume[-1]}"
+        )
+    if done:
+        # The Trainer, resumed at max_steps, would take one more step before it checks; a finished run only
+        # repeats the averaging and the test.
+        trainer.state.global_step = args.max_steps
+        trainer.state.log_history = json.loads((resume[-1] / "trainer_state.json").read_text())["log_history"]
+    else:
+        trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
     trainer.accelerator.wait_for_everyone()
 
     results: dict[str, Any] = {"steps": trainer.state.global_step}
@@ -516,8 +560,8 @@ def write_demo_card(args, model, results, checkpoints, pictures, model_dir: Path
             f"`python -m training.train {' '.join(sys.argv[1:]) if sys.argv[1:] else '(defaults)'}`\n\n"
             f"Adam (0.9, 0.98, 1e-9); the inverse-square-root schedule with {args.warmup_steps} warm-up steps and "
             f"peak {results['peak_learning_rate']:.3g}; label smoothing {model.config.label_smoothing}; batches of "
-            f"at most {args.max_tokens} source + target tokens; {results['steps']} steps in "
-            f"{results['train_seconds']:.0f} s on {results['device']}; checkpoints every {args.save_steps} steps, "
+            f"at most {args.max_tokens} source + target tokens; {results['steps']} steps on {results['device']}, "
+            f"{results['train_seconds']:.0f} s from the corpus to the last checkpoint; checkpoints every {args.save_steps} steps, "
             f"the last {len(checkpoints)} averaged ({', '.join(c.name for c in checkpoints)})."
         ),
         results=(
