@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
 
 from hf_vanilla_transformer import translate
 from training.model_card import check_card, preset_card
@@ -171,7 +170,3 @@ def test_translate_command_reads_stdin_and_keeps_order(model_folder, tmp_path):
     for line in lines:  # one at a time: batching must not change a translation
         expected.append(translate(model, tokenizer, [line], progress=False)[0])
     assert result.stdout.splitlines() == expected and expected[1] == ""
-
-
-def test_tiny_config_fixture_is_the_preset():
-    assert tiny_config().d_model == 32

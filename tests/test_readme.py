@@ -4,8 +4,6 @@ before). A ```py block names files the reader has (a trained model folder) and i
 import re
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -29,8 +27,3 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     # is tested in test_save_load.py.
     assert type(namespace["remote"]).__name__ == "VanillaTransformerForConditionalGeneration"
     assert namespace["greedy"].shape[1] <= 21
-
-
-@pytest.mark.parametrize("block", range(len(python_blocks())))
-def test_blocks_are_not_empty(block):
-    assert python_blocks()[block].strip()
