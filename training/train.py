@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_tokens=args.max_tokens,
     )
 
-    done = resume and json.loads((resume[-1] / "trainer_state.json").read_text())["global_step"] >= args.max_steps
+    last_state = json.loads((resume[-1] / "trainer_state.json").read_text()) if resume else None
+    done = last_state is not None and last_state["global_step"] >= args.max_steps
     if resume and trainer.is_world_process_zero():
         print(
             f"[train] {resume[-1].name} is at max_steps: nothing to train"
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # The Trainer, resumed at max_steps, would take one more step before it checks; a finished run only
         # repeats the averaging and the test.
         trainer.state.global_step = args.max_steps
-        trainer.state.log_history = json.loads((resume[-1] / "trainer_state.json").read_text())["log_history"]
+        trainer.state.log_history = last_state["log_history"]
     else:
         trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
     trainer.accelerator.wait_for_everyone()
