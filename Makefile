@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo smoke test params clean
+.PHONY: setup demo smoke test params bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ test: setup
 
 params: setup
 	$(BIN)/python benchmarks/parameter_counts.py
+
+# Speed and memory against MarianMTModel, torch.nn.Transformer and CTranslate2 (about 15 minutes on 2 cores);
+# writes benchmarks/results/speed.{md,png,json}.
+bench: setup
+	$(BIN)/python benchmarks/speed.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

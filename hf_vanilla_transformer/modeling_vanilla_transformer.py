@@ -11,6 +11,8 @@ Notation in the shape comments:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +91,10 @@ class VanillaTransformerAttention(nn.Module):
         self.w_k = nn.Linear(config.d_model, self.h * self.d_k)
         self.w_v = nn.Linear(config.d_model, self.h * self.d_v)
         self.w_o = nn.Linear(self.h * self.d_v, config.d_model)
+        # Set by `VanillaTransformerForConditionalGeneration.generate` for the duration of a call: W^Q, W^K and W^V
+        # of self-attention as one `DecodingLinear`, so a decoding step runs one matrix product instead of three.
+        # The parameters above stay the model's weights; training always uses them one by one.
+        self.decoding_qkv: DecodingLinear | None = None
 
     def forward(
         self,
@@ -99,7 +105,13 @@ class VanillaTransformerAttention(nn.Module):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
-        query = self.w_q(hidden_states).view(batch_size, length, self.h, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
+        fused = None
+        if self.decoding_qkv is not None and not self.is_cross_attention:
+            fused = self.decoding_qkv(hidden_states).split(
+                [self.h * self.d_k, self.h * self.d_k, self.h * self.d_v], -1
+            )
+        query = fused[0] if fused is not None else self.w_q(hidden_states)
+        query = query.view(batch_size, length, self.h, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 
         cache = None
         if past_key_values is not None:
@@ -115,8 +127,9 @@ class VanillaTransformerAttention(nn.Module):
         else:
             source = key_value_states if self.is_cross_attention else hidden_states
             source_length = source.shape[1]
-            key = self.w_k(source).view(batch_size, source_length, self.h, self.d_k).transpose(1, 2)  # (B, h, S, d_k)
-            value = self.w_v(source).view(batch_size, source_length, self.h, self.d_v).transpose(1, 2)  # (B, h, S, d_v)
+            key, value = fused[1:] if fused is not None else (self.w_k(source), self.w_v(source))
+            key = key.view(batch_size, source_length, self.h, self.d_k).transpose(1, 2)  # (B, h, S, d_k)
+            value = value.view(batch_size, source_length, self.h, self.d_v).transpose(1, 2)  # (B, h, S, d_v)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
                 if self.is_cross_attention:
@@ -185,10 +198,18 @@ class VanillaTransformerPositionalEncoding(nn.Module):
         if config.position_encoding == "learned":
             self.learned = nn.Embedding(config.max_position_embeddings, config.d_model)
 
+        # The sinusoids of positions 0 .. n-1, computed once and grown by doubling when a longer input comes
+        # (decoding asks for one position per step). Not a buffer: it is no weight and is never saved.
+        self._table: torch.Tensor | None = None
+
     def forward(self, length: int, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        positions = torch.arange(offset, offset + length, device=device)
         if self.learned is None:
-            return sinusoidal_position_encoding(positions, self.d_model, dtype)  # (T, d)
+            table = self._table
+            if table is None or table.shape[0] < offset + length or table.device != device:
+                size = max(256, 1 << (offset + length - 1).bit_length())
+                table = self._table = sinusoidal_position_encoding(torch.arange(size, device=device), self.d_model)
+            return table[offset : offset + length].to(dtype)  # (T, d)
+        positions = torch.arange(offset, offset + length, device=device)
         if offset + length > self.learned.num_embeddings:
             raise ValueError(
                 f"Position {offset + length - 1} is past max_position_embeddings={self.learned.num_embeddings} of the "
@@ -282,6 +303,50 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
         x = self.self_attn_norm(x + self.dropout(self_attn(x)))
         x = self.cross_attn_norm(x + self.dropout(cross_attn(x)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class DecodingLinear:
+    """y = x W^T + b, with W copied into the layout that is fastest for products with few rows, which is what a
+    decoding step computes (batch x beams rows). Measured on a 2-core CPU (benchmarks/speed.py measures generate()
+    as a whole):
+    - on CPU, for matrices of 2^18 elements or more, oneDNN's packed layout where torch has oneDNN: 1.4-3x faster
+      than nn.Linear's MKL call for 1 to 128 rows at the base size. Its fixed cost of ~20 us per call loses to
+      MKL below that size, so smaller matrices stay as they are;
+    - on CPU without oneDNN, a wide matrix (the output projection, V x d_model) transposed: MKL streams that
+      layout 2.5x faster for one row;
+    - elsewhere W itself (no copy).
+    Only for inference: there is no backward."""
+
+    ONEDNN_MIN_ELEMENTS = 1 << 18
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.bias, self.weight, self.weight_t, self.packed = bias, weight, None, None
+        if weight.device.type != "cpu" or weight.numel() < self.ONEDNN_MIN_ELEMENTS:
+            return
+        if weight.dtype == torch.float32 and _onednn_linear_available():
+            self.packed, self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None), None
+        elif weight.shape[0] >= 4 * weight.shape[1]:
+            self.weight_t, self.weight = weight.detach().t().contiguous(), None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.weight_t is not None:
+            y = x @ self.weight_t
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight if self.weight is not None else self.packed.to_dense(), self.bias)
+
+
+@functools.cache
+def _onednn_linear_available() -> bool:
+    """oneDNN's packed linear (the kernels torch.compile's CPU backend uses) is in torch builds with oneDNN; checked
+    once by running it."""
+    try:
+        weight, x = torch.ones(3, 2), torch.ones(1, 2)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        return bool(torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), x @ weight.t()))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -660,6 +725,57 @@ class SourceLengthLimitLogitsProcessor(LogitsProcessor):
         return torch.where(at_limit[:, None], forced, scores)
 
 
+class LabelSmoothedCrossEntropy(torch.autograd.Function):
+    """The summed label-smoothed cross-entropy of §5.4 (epsilon_ls) over the rows of `logits` (N, V) whose label is
+    not -100: for each, logsumexp(x) - (1 - eps) * x[label] - eps * mean(x), which equals
+    `F.cross_entropy(logits.float(), labels, label_smoothing=eps, reduction="sum")`.
+
+    Written here because torch's cross-entropy keeps a float32 (N, V) tensor of log-probabilities for the backward
+    pass (plus a float32 copy of bf16 logits), and its backward makes several more (N, V) tensors; with the paper's
+    37000-token vocabulary these are the largest tensors of a training step. This version keeps only a logsumexp
+    per row, works through the rows in blocks whose float32 temporaries stay small, and writes the gradient,
+    softmax(x) - (1 - eps) * onehot(label) - eps / V, straight into one tensor of the logits' dtype.
+    """
+
+    BLOCK_ELEMENTS = 1 << 22  # float32 temporaries of 16 MiB per block
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+        rows, vocab = logits.shape
+        block = max(1, LabelSmoothedCrossEntropy.BLOCK_ELEMENTS // vocab)
+        keep = labels != -100
+        targets = labels.clamp(min=0)[:, None]  # (N, 1); ignored rows are zeroed below
+        logsumexp = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for start in range(0, rows, block):
+            x = logits[start : start + block].float()  # (n, V)
+            lse = logsumexp[start : start + block] = torch.logsumexp(x, dim=-1)
+            per_row = lse - (1.0 - epsilon) * x.gather(1, targets[start : start + block]).squeeze(1)
+            if epsilon:
+                per_row = per_row - epsilon * x.mean(dim=-1)
+            total += torch.where(keep[start : start + block], per_row, 0.0).sum()
+        ctx.save_for_backward(logits, targets, keep, logsumexp)
+        ctx.epsilon = epsilon
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets, keep, logsumexp = ctx.saved_tensors
+        rows, vocab = logits.shape
+        block = max(1, LabelSmoothedCrossEntropy.BLOCK_ELEMENTS // vocab)
+        grad_logits = torch.empty_like(logits)
+        scale = torch.where(keep, grad_total.float(), 0.0)[:, None]  # (N, 1): ignored rows get no gradient
+        on_target = torch.full((1, 1), -(1.0 - ctx.epsilon), dtype=torch.float32, device=logits.device)
+        for start in range(0, rows, block):
+            end = start + block
+            grad = torch.exp(logits[start:end].float() - logsumexp[start:end, None])  # softmax, (n, V)
+            if ctx.epsilon:
+                grad -= ctx.epsilon / vocab
+            grad.scatter_add_(1, targets[start:end], on_target.expand(grad.shape[0], 1))
+            grad_logits[start:end] = grad * scale[start:end]
+        return grad_logits, None, None
+
+
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
     """The Transformer with its pre-softmax linear layer (§3.4), a loss and `generate()`."""
 
@@ -767,13 +883,15 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """Label-smoothed cross-entropy (§5.4) per target token; labels are not shifted (they align with logits)."""
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}.")
-        total = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            labels.to(logits.device).flatten(),
-            ignore_index=-100,
-            reduction="sum",
-            label_smoothing=self.config.label_smoothing,
-        )
+        labels = labels.to(logits.device)
+        low, high = torch.aminmax(labels)
+        if (low < 0 and bool((labels[labels < 0] != -100).any())) or high >= logits.shape[-1]:
+            bad = int(high) if high >= logits.shape[-1] else int(labels[(labels < 0) & (labels != -100)][0])
+            raise ValueError(
+                f"labels contain {bad}, which is neither a token id in [0, vocab_size={logits.shape[-1]}) nor -100 "
+                "(the ignored position)."
+            )
+        total = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), self.config.label_smoothing)
         if num_items_in_batch is None:
             num_items_in_batch = (labels != -100).sum()
         if isinstance(num_items_in_batch, torch.Tensor):
@@ -832,9 +950,84 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
         previous, self._length_penalty_type = getattr(self, "_length_penalty_type", "transformers"), length_penalty_type
         try:
-            return super().generate(inputs, generation_config, logits_processor, **kwargs)
+            with self._decoding_weights():
+                return super().generate(inputs, generation_config, logits_processor, **kwargs)
         finally:
             self._length_penalty_type = previous
+
+    @contextlib.contextmanager
+    def _decoding_weights(self):
+        """For the duration of a `generate` call, the decoder's linear layers and the output projection compute with
+        copies of their weights laid out for products with few rows (a decoding step has batch x beams rows), see
+        `DecodingLinear`; each decoder self-attention's W^Q, W^K and W^V become one product. The copies are made
+        per call (so they always hold the current weights), cost one copy of the decoder's weights while
+        `generate` runs, and give the plain path's outputs up to float rounding. Skipped for weights that are not
+        ordinary floating-point tensors (quantised, offloaded, or with hooks that replace `forward`)."""
+        layers = self.model.decoder.layers
+        linears = [self.lm_head]
+        for layer in layers:
+            linears += [layer.self_attn.w_o, layer.cross_attn.w_q, layer.cross_attn.w_o, layer.ffn.w_1, layer.ffn.w_2]
+        projections = [getattr(layer.self_attn, name) for layer in layers for name in ("w_q", "w_k", "w_v")]
+        usable = all(
+            type(linear) is nn.Linear
+            and linear.weight.is_floating_point()
+            and linear.weight.device.type != "meta"
+            and "forward" not in vars(linear)
+            and not hasattr(linear, "_hf_hook")
+            for linear in linears + projections
+        )
+        if not usable or layers[0].self_attn.decoding_qkv is not None:  # (a nested call uses the outer call's)
+            yield
+            return
+        try:
+            with torch.no_grad():
+                for layer in layers:
+                    attention = layer.self_attn
+                    attention.decoding_qkv = DecodingLinear(
+                        torch.cat([attention.w_q.weight, attention.w_k.weight, attention.w_v.weight]),
+                        torch.cat([attention.w_q.bias, attention.w_k.bias, attention.w_v.bias]),
+                    )
+                for linear in linears:
+                    linear.forward = DecodingLinear(linear.weight, linear.bias)  # shadows nn.Linear.forward
+            yield
+        finally:
+            for layer in layers:
+                layer.self_attn.decoding_qkv = None
+            for linear in linears:
+                vars(linear).pop("forward", None)
+
+    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search calls this after each step to move each beam's cache to its new place. Only the
+        self-attention cache needs it: the cross-attention keys and values are the same for every beam of a
+        sentence, and beams never move between sentences. (The library's default reorders both.)"""
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The inputs of one decoding step: the tokens not yet in the cache, the cache, the source mask and the
+        encoder output. The library's version also builds position ids, token types and 4D masks this model does
+        not take, and inspects `forward`'s signature at every step for models registered for the Auto classes,
+        which this one is."""
+        if next_sequence_length is not None:
+            input_ids = input_ids[:, -next_sequence_length:]
+        inputs = {"decoder_input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask}
+        skipped = ("labels", "decoder_position_ids", "position_ids", "token_type_ids", "cache_position")
+        for key, value in kwargs.items():
+            if key not in skipped and key not in inputs:
+                inputs[key] = value
+        return inputs
 
     def _source_lengths(self, inputs: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.LongTensor:
         attention_mask = kwargs.get("attention_mask")

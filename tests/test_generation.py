@@ -40,12 +40,56 @@ def test_greedy_with_cache_equals_an_uncached_argmax_loop():
 
 @pytest.mark.parametrize("num_beams, depths", [(1, (2, 2)), (4, (2, 2)), (4, (2, 3)), (4, (3, 1))])
 def test_cached_generation_equals_uncached_generation(num_beams, depths):
+    """The cache (beam search reorders only its self-attention half), the fused W^Q W^K W^V and the transposed
+    output projection of generate() against full forwards over the whole prefix at every step."""
     model = tiny_model(seed=1, encoder_layers=depths[0], decoder_layers=depths[1])
     ids, mask, _ = random_batch(batch=3)
-    kwargs = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=10)
-    torch.testing.assert_close(
-        model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs)
+    kwargs = dict(
+        attention_mask=mask, num_beams=num_beams, max_new_tokens=10, return_dict_in_generate=True, output_scores=True
     )
+    cached, uncached = model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs)
+    torch.testing.assert_close(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), atol=1e-5, rtol=1e-5)
+    if num_beams > 1:
+        torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-5, rtol=1e-5)
+
+
+def decoding_weights(model):
+    """What generate() swaps in for its duration: fused W^Q W^K W^V, and `forward`s of the decoder's linear layers."""
+    fused = [layer.self_attn.decoding_qkv for layer in model.model.decoder.layers]
+    swapped = [name for name, module in model.named_modules() if "forward" in vars(module)]
+    return fused + swapped
+
+
+def test_decoding_weights_match_the_plain_path_and_go_away_after_generate():
+    model = tiny_model(seed=4)
+    ids, mask, _ = random_batch(batch=2)
+
+    def check_against_plain_forwards():
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            num_beams=1,
+            min_new_tokens=8,
+            max_new_tokens=8,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        assert decoding_weights(model) == [None] * model.config.decoder_layers
+        plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=out.sequences[:, :-1], use_cache=False)
+        torch.testing.assert_close(torch.stack(out.logits, dim=1), plain.logits, atol=1e-5, rtol=1e-5)
+        return out.logits[0]
+
+    before = check_against_plain_forwards()
+    # They are dropped when generate fails too (here in the library's own argument check).
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        model.generate(ids, num_beams=2, num_return_sequences=3, max_new_tokens=3)
+    assert decoding_weights(model) == [None] * model.config.decoder_layers
+    # Weights changed in place between calls are what the next call uses (the copies are made per call).
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+        model.model.decoder.layers[0].self_attn.w_k.weight.mul_(2.0)
+    assert not torch.allclose(check_against_plain_forwards(), before)
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -182,3 +226,25 @@ def test_a_default_max_length_in_the_generation_config_does_not_cut_the_paper_li
     ids, mask, _ = random_batch(batch=1, source=9)
     out = model.generate(ids, attention_mask=mask, num_beams=1, suppress_tokens=[EOS])
     assert out[0, 1:].tolist().index(EOS) == 9 + 50
+
+
+def test_decoding_linear_layouts_equal_nn_linear():
+    """Each weight layout generate() may use (oneDNN packed, transposed, plain) against nn.Linear, 1 to 33 rows."""
+    from hf_vanilla_transformer.modeling_vanilla_transformer import DecodingLinear, _onednn_linear_available
+
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 4096)  # 2^18 elements: the smallest size that gets a new layout
+    layouts = {"chosen": DecodingLinear(linear.weight, linear.bias)}
+    assert (layouts["chosen"].packed is not None) == _onednn_linear_available()
+    small = torch.nn.Linear(64, 300)
+    assert DecodingLinear(small.weight, small.bias).weight is small.weight  # small matrices are not copied
+    transposed = DecodingLinear(linear.weight, linear.bias)
+    transposed.packed, transposed.weight, transposed.weight_t = None, None, linear.weight.detach().t().contiguous()
+    plain = DecodingLinear(linear.weight, linear.bias)
+    plain.packed, plain.weight_t, plain.weight = None, None, linear.weight
+    layouts.update(transposed=transposed, plain=plain)
+    with torch.no_grad():
+        for rows in (1, 4, 33):
+            x = torch.randn(rows, 1, 64, generator=generator)
+            for name, layout in layouts.items():
+                torch.testing.assert_close(layout(x), linear(x), atol=1e-5, rtol=1e-5, msg=f"{name}, {rows} rows")

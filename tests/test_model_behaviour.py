@@ -155,6 +155,37 @@ def test_loss_label_smoothing_and_num_items_in_batch():
     torch.testing.assert_close(accumulated.loss, total / 50)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_the_fused_loss_equals_torch_cross_entropy(dtype, epsilon, monkeypatch):
+    """LabelSmoothedCrossEntropy (no log-probabilities kept, blocks of rows) against F.cross_entropy: value and
+    gradient, with ignored rows, over several blocks."""
+    from hf_vanilla_transformer.modeling_vanilla_transformer import LabelSmoothedCrossEntropy
+
+    generator = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(300, 1000, generator=generator)).to(dtype).requires_grad_()
+    labels = torch.randint(0, 1000, (300,), generator=generator)
+    labels[::7] = -100
+    monkeypatch.setattr(LabelSmoothedCrossEntropy, "BLOCK_ELEMENTS", 64_000)  # blocks of 64 rows, the last of 44
+    ours = LabelSmoothedCrossEntropy.apply(logits, labels, epsilon)
+    (ours_grad,) = torch.autograd.grad(0.5 * ours, logits)
+    reference = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=epsilon, reduction="sum")
+    (reference_grad,) = torch.autograd.grad(0.5 * reference, logits)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+    assert ours_grad.dtype == dtype
+    torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-5, atol=1e-6 if dtype == torch.float32 else 1e-4)
+    assert (ours_grad[::7] == 0).all()
+
+
+def test_labels_outside_the_vocabulary_are_named():
+    model = tiny_model()
+    ids, mask, labels = random_batch()
+    for bad in (model.config.vocab_size, -5):
+        labels[0, -1] = bad  # the last label is not fed back as a decoder input
+        with pytest.raises(ValueError, match=f"labels contain {bad}, which is neither a token id"):
+            model(input_ids=ids, attention_mask=mask, labels=labels)
+
+
 def test_base_model_and_auto_classes():
     config = tiny_config()
     base = AutoModel.from_config(copy.deepcopy(config))

@@ -1,0 +1,198 @@
+"""The models this project is measured against, built on the same weights as a VanillaTransformer model.
+
+- `marian_twin`: transformers' `MarianMTModel` configured as the paper's model (ReLU, post-LN, sinusoids, one shared
+  embedding matrix, tied output layer) with every weight copied, and its position table replaced by the paper's
+  interleaved sinusoids, so it computes the same function (up to its LayerNorm epsilon of 1e-5).
+- `TorchTransformerLM`: `torch.nn.Transformer` with token embeddings, sinusoids and a tied output layer.
+- `export_ctranslate2`: a CTranslate2 model directory holding the same weights. CTranslate2's own converters read
+  OpenNMT / fairseq / Marian checkpoints; this builds its `TransformerSpec` directly from our modules.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import MarianConfig, MarianMTModel
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoidal_position_encoding
+
+
+def marian_config(config) -> MarianConfig:
+    return MarianConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers,
+        encoder_attention_heads=config.h,
+        decoder_attention_heads=config.h,
+        encoder_ffn_dim=config.d_ff,
+        decoder_ffn_dim=config.d_ff,
+        activation_function="relu",
+        scale_embedding=True,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        activation_dropout=config.activation_dropout,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+        forced_eos_token_id=None,
+    )
+
+
+@torch.no_grad()
+def marian_twin(model: VanillaTransformerForConditionalGeneration) -> MarianMTModel:
+    """A MarianMTModel holding `model`'s weights (only h * d_k == h * d_v == d_model is expressible in Marian)."""
+    config = model.config
+    if config.h * config.d_k != config.d_model or config.h * config.d_v != config.d_model:
+        raise ValueError("MarianMTModel needs h * d_k == h * d_v == d_model.")
+    marian = MarianMTModel(marian_config(config)).eval()
+    ours = model.model
+    marian.model.shared.weight.copy_(ours.encoder.embed_tokens.weight)
+    table = sinusoidal_position_encoding(torch.arange(marian.config.max_position_embeddings), config.d_model)
+    for stack in (marian.model.encoder, marian.model.decoder):
+        stack.embed_positions.weight.copy_(table)
+
+    def attention(theirs, mine):
+        for a, b in (("q_proj", "w_q"), ("k_proj", "w_k"), ("v_proj", "w_v"), ("out_proj", "w_o")):
+            getattr(theirs, a).load_state_dict(getattr(mine, b).state_dict())
+
+    for theirs, mine in zip(marian.model.encoder.layers, ours.encoder.layers, strict=True):
+        attention(theirs.self_attn, mine.self_attn)
+        theirs.self_attn_layer_norm.load_state_dict(mine.self_attn_norm.state_dict())
+        theirs.fc1.load_state_dict(mine.ffn.w_1.state_dict())
+        theirs.fc2.load_state_dict(mine.ffn.w_2.state_dict())
+        theirs.final_layer_norm.load_state_dict(mine.ffn_norm.state_dict())
+    for theirs, mine in zip(marian.model.decoder.layers, ours.decoder.layers, strict=True):
+        attention(theirs.self_attn, mine.self_attn)
+        theirs.self_attn_layer_norm.load_state_dict(mine.self_attn_norm.state_dict())
+        attention(theirs.encoder_attn, mine.cross_attn)
+        theirs.encoder_attn_layer_norm.load_state_dict(mine.cross_attn_norm.state_dict())
+        theirs.fc1.load_state_dict(mine.ffn.w_1.state_dict())
+        theirs.fc2.load_state_dict(mine.ffn.w_2.state_dict())
+        theirs.final_layer_norm.load_state_dict(mine.ffn_norm.state_dict())
+    marian.generation_config.max_length = None
+    marian.generation_config.num_beams = 1
+    marian.generation_config.bad_words_ids = None
+    return marian
+
+
+class TorchTransformerLM(nn.Module):
+    """`torch.nn.Transformer` (post-LN, ReLU) with the paper's scaled shared embeddings, sinusoids and a tied output
+    layer, trained with the same label-smoothed loss. nn.Transformer always adds a final LayerNorm to each stack."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        nn.init.normal_(self.embed.weight, std=config.d_model**-0.5)
+        self.transformer = nn.Transformer(
+            d_model=config.d_model,
+            nhead=config.h,
+            num_encoder_layers=config.encoder_layers,
+            num_decoder_layers=config.decoder_layers,
+            dim_feedforward=config.d_ff,
+            dropout=config.dropout,
+            batch_first=True,
+        )
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = sinusoidal_position_encoding(torch.arange(ids.shape[1]), self.config.d_model)
+        return F.dropout(
+            self.embed(ids) * math.sqrt(self.config.d_model) + positions, self.config.dropout, self.training
+        )
+
+    def forward(self, input_ids, attention_mask, labels):
+        decoder_input_ids = labels.new_full(labels.shape, self.config.pad_token_id)
+        decoder_input_ids[:, 1:] = labels[:, :-1].clamp(min=0)
+        decoder_input_ids[:, 0] = self.config.decoder_start_token_id
+        padding = attention_mask == 0
+        causal = nn.Transformer.generate_square_subsequent_mask(labels.shape[1])
+        hidden = self.transformer(
+            self.embed_tokens(input_ids),
+            self.embed_tokens(decoder_input_ids),
+            tgt_mask=causal,
+            src_key_padding_mask=padding,
+            memory_key_padding_mask=padding,
+            tgt_is_causal=True,
+        )
+        logits = F.linear(hidden, self.embed.weight)
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1),
+            labels.flatten(),
+            ignore_index=-100,
+            label_smoothing=self.config.label_smoothing,
+        )
+        return loss
+
+
+def export_ctranslate2(model: VanillaTransformerForConditionalGeneration, output_dir: str | Path) -> list[str]:
+    """Writes `model` as a CTranslate2 model; returns its vocabulary (token i is the string f"t{i}")."""
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    config = model.config
+    ours = model.model
+    spec = transformer_spec.TransformerSpec.from_config(
+        (config.encoder_layers, config.decoder_layers),
+        config.h,
+        pre_norm=False,
+        activation=common_spec.Activation.RELU,
+    )
+    table = sinusoidal_position_encoding(torch.arange(1024), config.d_model)
+
+    def numpy(tensor):
+        return tensor.detach().float().cpu().numpy()
+
+    def linear(target, *sources):
+        target.weight = numpy(torch.cat([s.weight for s in sources]))
+        target.bias = numpy(torch.cat([s.bias for s in sources]))
+
+    def norm(target, source):
+        target.gamma, target.beta = numpy(source.weight), numpy(source.bias)
+
+    for target, stack in ((spec.encoder, ours.encoder), (spec.decoder, ours.decoder)):
+        embeddings = target.embeddings[0] if isinstance(target.embeddings, list) else target.embeddings
+        embeddings.weight = numpy(stack.embed_tokens.weight)
+        target.scale_embeddings = True  # sqrt(d_model)
+        target.position_encodings.encodings = numpy(table)
+    for target, layer in zip(spec.encoder.layer, ours.encoder.layers, strict=True):
+        attn = layer.self_attn
+        linear(target.self_attention.linear[0], attn.w_q, attn.w_k, attn.w_v)
+        linear(target.self_attention.linear[1], attn.w_o)
+        norm(target.self_attention.layer_norm, layer.self_attn_norm)
+        linear(target.ffn.linear_0, layer.ffn.w_1)
+        linear(target.ffn.linear_1, layer.ffn.w_2)
+        norm(target.ffn.layer_norm, layer.ffn_norm)
+    for target, layer in zip(spec.decoder.layer, ours.decoder.layers, strict=True):
+        attn, cross = layer.self_attn, layer.cross_attn
+        linear(target.self_attention.linear[0], attn.w_q, attn.w_k, attn.w_v)
+        linear(target.self_attention.linear[1], attn.w_o)
+        norm(target.self_attention.layer_norm, layer.self_attn_norm)
+        linear(target.attention.linear[0], cross.w_q)
+        linear(target.attention.linear[1], cross.w_k, cross.w_v)
+        linear(target.attention.linear[2], cross.w_o)
+        norm(target.attention.layer_norm, layer.cross_attn_norm)
+        linear(target.ffn.linear_0, layer.ffn.w_1)
+        linear(target.ffn.linear_1, layer.ffn.w_2)
+        norm(target.ffn.layer_norm, layer.ffn_norm)
+    spec.decoder.projection.weight = numpy(model.lm_head.weight)
+
+    tokens = [f"t{i}" for i in range(config.vocab_size)]
+    tokens[config.pad_token_id], tokens[config.bos_token_id] = "<blank>", "<s>"
+    tokens[config.eos_token_id], tokens[config.unk_token_id] = "</s>", "<unk>"
+    spec.register_source_vocabulary(tokens)
+    spec.register_target_vocabulary(tokens)
+    spec.config.layer_norm_epsilon = config.layer_norm_eps
+    spec.config.decoder_start_token = tokens[config.decoder_start_token_id]
+    spec.validate()
+    spec.optimize(quantization="float32")
+    spec.save(str(output_dir))
+    return tokens

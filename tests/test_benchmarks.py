@@ -1,0 +1,60 @@
+"""benchmarks/: every contender holds the same weights as this model, and speed.py runs end to end."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from conftest import random_batch, tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import contenders  # noqa: E402
+import speed  # noqa: E402
+
+
+def test_the_marian_twin_computes_the_same_function():
+    model = tiny_model(seed=5).eval()
+    marian = contenders.marian_twin(model)
+    ids, mask, labels = random_batch()
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask, labels=labels)
+        theirs = marian(input_ids=ids, attention_mask=mask, labels=labels)
+    # The only difference: Marian's LayerNorm epsilon is 1e-5, this model's 1e-6.
+    torch.testing.assert_close(theirs.logits, ours.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_ctranslate2_decodes_what_generate_decodes(tmp_path):
+    import ctranslate2
+
+    model = tiny_model(seed=6).eval()
+    tokens = contenders.export_ctranslate2(model, tmp_path)
+    translator = ctranslate2.Translator(str(tmp_path), device="cpu", compute_type="float32")
+    ids, _, _ = random_batch(batch=3, source=6)
+    ids = ids[:, :6].clamp(min=4)  # no padding: CTranslate2 takes sentences of their own lengths
+    ours = model.generate(ids, num_beams=1, max_new_tokens=10, min_new_tokens=10, max_new_tokens_over_source=None)
+    results = translator.translate_batch(
+        [[tokens[i] for i in row] for row in ids.tolist()], beam_size=1, max_decoding_length=10, min_decoding_length=10
+    )
+    index = {token: i for i, token in enumerate(tokens)}
+    assert [[index[t] for t in result.hypotheses[0]] for result in results] == ours[:, 1:].tolist()
+
+
+def test_the_speed_script_runs_and_reports_every_contender(tmp_path):
+    args = ["--sizes", "tiny", "--rounds", "1", "--train_steps", "1", "--batches", "1", "2", "--new_tokens", "4"]
+    result = speed.main([*args, "--step_length", "40", "--dtypes", "fp32", "--output", str(tmp_path)])
+    markdown = (tmp_path / "speed.md").read_text()
+    for row in (
+        "| ours | fp32 |",
+        "| marian | fp32 |",
+        "| nn.Transformer | fp32 |",
+        "| 1 | greedy |",
+        "| 2 | beam 4 |",
+    ):
+        assert row in markdown
+    assert "ours / ctranslate2" in markdown
+    assert (tmp_path / "speed.png").stat().st_size > 10_000
+    ratios = json.loads((tmp_path / "speed.json").read_text())["ratios"]["tiny"]
+    assert ratios == result["ratios"]["tiny"]
+    expected = {"train fp32 vs marian", "peak memory fp32 vs marian", "greedy vs ctranslate2 (batch 2)"}
+    assert expected <= set(ratios) and all(math.isfinite(v) and v > 0 for v in ratios.values())
