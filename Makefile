@@ -41,7 +41,7 @@ test: setup
 params: setup
 	$(BIN)/python benchmarks/parameter_counts.py
 
-# Speed and memory against MarianMTModel, torch.nn.Transformer and CTranslate2 (about 15 minutes on 2 cores);
+# Speed and memory against MarianMTModel, torch.nn.Transformer and CTranslate2 (about 18 minutes on 2 cores);
 # writes benchmarks/results/speed.{md,png,json}.
 bench: setup
 	$(BIN)/python benchmarks/speed.py

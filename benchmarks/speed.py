@@ -10,7 +10,8 @@ and the tables give medians, because a shared 2-core machine is noisy):
   and with bf16 autocast; peak memory of a fresh process doing the same steps (its peak RSS minus its RSS before
   the first step); FLOPs of the step counted by torch's FlopCounterMode, as a fraction of the measured matmul peak;
 - decoding: new tokens per second of greedy and beam-4 search at batch 1, 8 and 32, every output exactly
-  --new_tokens long (min = max length), from sources of 24 tokens;
+  --new_tokens long (no end-of-sentence token for generate(), a minimum length for CTranslate2), from sources of
+  24 tokens;
 - time per decoding step against output length, greedy at batch 1 (a working cache keeps it flat).
 """
 
@@ -244,7 +245,10 @@ class Decoders:
         return ["ours", "marian"] + (["ctranslate2"] if self.translator is not None else [])
 
     def run(self, name: str, input_ids: torch.Tensor, beams: int, new_tokens: int, **kwargs) -> list[list[int]]:
-        common = {"num_beams": beams, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+        # Every output exactly `new_tokens` long: generate() without an end-of-sentence token (min_new_tokens would
+        # add two logits processors over the whole vocabulary at every step, a cost real decoding does not have);
+        # CTranslate2 with its own minimum length.
+        common = {"num_beams": beams, "max_new_tokens": new_tokens, "eos_token_id": None, "do_sample": False}
         with torch.inference_mode():
             if name == "ours":
                 # The paper's decoding settings (GNMT penalty, early_stopping="never") with a fixed output length.
@@ -503,6 +507,23 @@ def profile_training_step(size: str, dtype: str, rows: int = 12) -> str:
     return "\n".join(tables)
 
 
+def profile_decoding(size: str, batch_size: int = 32, beams: int = 4, rows: int = 12) -> str:
+    """The operators that take the time of one beam search (or greedy) run of this model and of Marian."""
+    from torch.profiler import ProfilerActivity, profile
+
+    config = build_config(size)
+    decoders = Decoders(config, lambda message: None)
+    input_ids = torch.randint(4, config.vocab_size, (batch_size, DECODE_SOURCE_LENGTH))
+    tables = []
+    for name in ("ours", "marian"):
+        decoders.run(name, input_ids[:, :4], beams, 2)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            decoders.run(name, input_ids, beams, 48)
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+        tables.append(f"{name}, {size}, batch {batch_size}, {beams} beams, 48 new tokens:\n{table}")
+    return "\n".join(tables)
+
+
 def cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -523,13 +544,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--parts", nargs="+", choices=["train", "memory", "decode"], default=["train", "memory", "decode"]
     )
-    parser.add_argument("--profile", action="store_true", help="only print the operator profile of a training step")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only print operator profiles: a training step per --dtypes, and beam-4 decoding at the largest --batches",
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     if args.profile:
         for size in args.sizes:
             for dtype in args.dtypes:
                 print(profile_training_step(size, dtype))
+            print(profile_decoding(size, max(args.batches)))
         return {}
 
     def log(message: str) -> None:

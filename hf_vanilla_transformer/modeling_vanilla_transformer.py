@@ -732,8 +732,8 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
 
     Written here because torch's cross-entropy keeps a float32 (N, V) tensor of log-probabilities for the backward
     pass (plus a float32 copy of bf16 logits), and its backward makes several more (N, V) tensors; with the paper's
-    37000-token vocabulary these are the largest tensors of a training step. This version keeps only a logsumexp
-    per row, works through the rows in blocks whose float32 temporaries stay small, and writes the gradient,
+    37000-token vocabulary these are the largest tensors of a training step. This version keeps nothing but the
+    logits, works through the rows in blocks whose float32 temporaries stay small, and writes the gradient,
     softmax(x) - (1 - eps) * onehot(label) - eps / V, straight into one tensor of the logits' dtype.
     """
 
@@ -745,22 +745,21 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
         block = max(1, LabelSmoothedCrossEntropy.BLOCK_ELEMENTS // vocab)
         keep = labels != -100
         targets = labels.clamp(min=0)[:, None]  # (N, 1); ignored rows are zeroed below
-        logsumexp = torch.empty(rows, dtype=torch.float32, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         for start in range(0, rows, block):
             x = logits[start : start + block].float()  # (n, V)
-            lse = logsumexp[start : start + block] = torch.logsumexp(x, dim=-1)
+            lse = torch.logsumexp(x, dim=-1)
             per_row = lse - (1.0 - epsilon) * x.gather(1, targets[start : start + block]).squeeze(1)
             if epsilon:
                 per_row = per_row - epsilon * x.mean(dim=-1)
             total += torch.where(keep[start : start + block], per_row, 0.0).sum()
-        ctx.save_for_backward(logits, targets, keep, logsumexp)
+        ctx.save_for_backward(logits, targets, keep)
         ctx.epsilon = epsilon
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, targets, keep, logsumexp = ctx.saved_tensors
+        logits, targets, keep = ctx.saved_tensors
         rows, vocab = logits.shape
         block = max(1, LabelSmoothedCrossEntropy.BLOCK_ELEMENTS // vocab)
         grad_logits = torch.empty_like(logits)
@@ -768,11 +767,11 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
         on_target = torch.full((1, 1), -(1.0 - ctx.epsilon), dtype=torch.float32, device=logits.device)
         for start in range(0, rows, block):
             end = start + block
-            grad = torch.exp(logits[start:end].float() - logsumexp[start:end, None])  # softmax, (n, V)
+            grad = torch.softmax(logits[start:end], dim=-1, dtype=torch.float32)  # (n, V)
             if ctx.epsilon:
                 grad -= ctx.epsilon / vocab
             grad.scatter_add_(1, targets[start:end], on_target.expand(grad.shape[0], 1))
-            grad_logits[start:end] = grad * scale[start:end]
+            torch.mul(grad, scale[start:end], out=grad_logits[start:end])
         return grad_logits, None, None
 
 

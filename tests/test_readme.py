@@ -27,3 +27,11 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     # is tested in test_save_load.py.
     assert type(namespace["remote"]).__name__ == "VanillaTransformerForConditionalGeneration"
     assert namespace["greedy"].shape[1] <= 21
+
+
+def test_the_speed_tables_are_what_the_benchmark_wrote():
+    """The README's speed figures are benchmarks/results/speed.md, which `python benchmarks/speed.py` wrote."""
+    start, end = "<!-- benchmarks/results/speed.md -->\n", "<!-- /benchmarks/results/speed.md -->"
+    embedded = README.read_text().split(start, 1)[1].split(end, 1)[0]
+    assert embedded == (README.parent / "benchmarks" / "results" / "speed.md").read_text()
+    assert "![speed](benchmarks/results/speed.png)" in README.read_text()
