@@ -105,11 +105,9 @@ class VanillaTransformerAttention(nn.Module):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
-        fused = None
-        if self.decoding_qkv is not None and not self.is_cross_attention:
-            fused = self.decoding_qkv(hidden_states).split(
-                [self.h * self.d_k, self.h * self.d_k, self.h * self.d_v], -1
-            )
+        fused, decoding_qkv = None, self.decoding_qkv  # read once: another thread's generate() may reset it
+        if decoding_qkv is not None and not self.is_cross_attention:
+            fused = decoding_qkv(hidden_states).split([self.h * self.d_k, self.h * self.d_k, self.h * self.d_v], -1)
         query = fused[0] if fused is not None else self.w_q(hidden_states)
         query = query.view(batch_size, length, self.h, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 

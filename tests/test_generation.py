@@ -248,3 +248,20 @@ def test_decoding_linear_layouts_equal_nn_linear():
             x = torch.randn(rows, 1, 64, generator=generator)
             for name, layout in layouts.items():
                 torch.testing.assert_close(layout(x), linear(x), atol=1e-5, rtol=1e-5, msg=f"{name}, {rows} rows")
+
+
+def test_generate_from_two_threads_at_once_equals_one_at_a_time():
+    """generate() swaps weights in and out of shared modules; calls overlapping in two threads must still decode
+    exactly what each decodes alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_model(seed=7)
+    batches = [random_batch(batch=2, seed=seed)[:2] for seed in range(6)]
+    alone = [model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=12) for ids, mask in batches]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(
+            pool.map(lambda b: model.generate(b[0], attention_mask=b[1], num_beams=2, max_new_tokens=12), batches)
+        )
+    for a, b in zip(alone, together, strict=True):
+        torch.testing.assert_close(a, b)
+    assert decoding_weights(model) == [None] * model.config.decoder_layers
