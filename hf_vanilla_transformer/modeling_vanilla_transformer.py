@@ -305,26 +305,24 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
 
 class DecodingLinear:
     """y = x W^T + b, with W copied into the layout that is fastest for products with few rows, which is what a
-    decoding step computes (batch x beams rows). Measured on a 2-core CPU (benchmarks/speed.py measures generate()
-    as a whole):
-    - on CPU, for matrices of 2^18 elements or more, oneDNN's packed layout where torch has oneDNN: 1.4-3x faster
-      than nn.Linear's MKL call for 1 to 128 rows at the base size. Its fixed cost of ~20 us per call loses to
-      MKL below that size, so smaller matrices stay as they are;
-    - on CPU without oneDNN, a wide matrix (the output projection, V x d_model) transposed: MKL streams that
-      layout 2.5x faster for one row;
+    decoding step computes (batch x beams rows); benchmarks/speed.py measures the effect on generate():
+    - on CPU, for matrices of 2^18 elements or more, oneDNN's packed layout where torch has oneDNN. Its fixed cost
+      per call is larger than MKL's, so smaller matrices stay as they are;
+    - on CPU without oneDNN, a wide matrix (the output projection, V x d_model) transposed, which MKL streams
+      faster than nn.Linear's layout for one row;
     - elsewhere W itself (no copy).
     Only for inference: there is no backward."""
 
     ONEDNN_MIN_ELEMENTS = 1 << 18
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.bias, self.weight, self.weight_t, self.packed = bias, weight, None, None
+        self.weight, self.bias, self.weight_t, self.packed = weight, bias, None, None
         if weight.device.type != "cpu" or weight.numel() < self.ONEDNN_MIN_ELEMENTS:
             return
         if weight.dtype == torch.float32 and _onednn_linear_available():
-            self.packed, self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None), None
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
         elif weight.shape[0] >= 4 * weight.shape[1]:
-            self.weight_t, self.weight = weight.detach().t().contiguous(), None
+            self.weight_t = weight.detach().t().contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and x.dtype == torch.float32:
@@ -332,7 +330,7 @@ class DecodingLinear:
         if self.weight_t is not None:
             y = x @ self.weight_t
             return y if self.bias is None else y + self.bias
-        return F.linear(x, self.weight if self.weight is not None else self.packed.to_dense(), self.bias)
+        return F.linear(x, self.weight, self.bias)  # (also for inputs of another dtype, e.g. under autocast)
 
 
 @functools.cache

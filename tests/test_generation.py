@@ -236,18 +236,21 @@ def test_decoding_linear_layouts_equal_nn_linear():
     linear = torch.nn.Linear(64, 4096)  # 2^18 elements: the smallest size that gets a new layout
     layouts = {"chosen": DecodingLinear(linear.weight, linear.bias)}
     assert (layouts["chosen"].packed is not None) == _onednn_linear_available()
-    small = torch.nn.Linear(64, 300)
-    assert DecodingLinear(small.weight, small.bias).weight is small.weight  # small matrices are not copied
+    small = DecodingLinear(torch.nn.Linear(64, 300).weight, None)
+    assert small.packed is None and small.weight_t is None  # small matrices are not copied
     transposed = DecodingLinear(linear.weight, linear.bias)
-    transposed.packed, transposed.weight, transposed.weight_t = None, None, linear.weight.detach().t().contiguous()
+    transposed.packed, transposed.weight_t = None, linear.weight.detach().t().contiguous()
     plain = DecodingLinear(linear.weight, linear.bias)
-    plain.packed, plain.weight_t, plain.weight = None, None, linear.weight
+    plain.packed, plain.weight_t = None, None
     layouts.update(transposed=transposed, plain=plain)
     with torch.no_grad():
         for rows in (1, 4, 33):
             x = torch.randn(rows, 1, 64, generator=generator)
             for name, layout in layouts.items():
                 torch.testing.assert_close(layout(x), linear(x), atol=1e-5, rtol=1e-5, msg=f"{name}, {rows} rows")
+            # Inputs of another dtype (bf16 under autocast) take nn.Linear's path with the original weight.
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                torch.testing.assert_close(layouts["chosen"](x.bfloat16()), linear(x.bfloat16()))
 
 
 def test_generate_from_two_threads_at_once_equals_one_at_a_time():
