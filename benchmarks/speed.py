@@ -179,7 +179,7 @@ def peak_training_memory(size: str, name: str, dtype: str) -> int:
     64 KiB: every tensor of that size or more is mapped on allocation and unmapped when freed, and the peak RSS
     then follows the peak of live tensors."""
     code = (
-        "import sys, resource, json; sys.path.insert(0, sys.argv[1]); import speed;"
+        "import sys, json; sys.path.insert(0, sys.argv[1]); import speed;"
         "print(json.dumps(speed.memory_child(sys.argv[2], sys.argv[3], sys.argv[4])))"
     )
     out = subprocess.run(
