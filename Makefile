@@ -26,12 +26,12 @@ DEMO_ARGS := --output_dir outputs/demo --preset demo --vocab_size 1000 --max_tok
 	--logging_steps 100
 
 demo:
-	@start=$$(date +%s); $(MAKE) --no-print-directory setup && $(BIN)/python -m training.train $(DEMO_ARGS) && \
+	@start=$$(date +%s); $(MAKE) --no-print-directory setup && $(BIN)/python -m hf_vanilla_transformer_training.train $(DEMO_ARGS) && \
 	echo "[demo] wall time $$(( $$(date +%s) - start )) s, set-up included"
 
 # Build, save, reload and decode the full-size base model and a tiny one (no training).
 smoke: setup
-	$(BIN)/python -m training.demo
+	$(BIN)/python -m hf_vanilla_transformer_training.demo
 
 test: setup
 	$(BIN)/ruff check .

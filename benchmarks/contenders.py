@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -48,37 +49,40 @@ def marian_config(config) -> MarianConfig:
     )
 
 
+# Our parameter names -> MarianMTModel's, applied in order; every tensor must map (the twin loads strictly).
+MARIAN_NAMES = [
+    (r"\.embeddings\.embed_tokens\.", ".embed_tokens."),
+    (r"\.cross_attn\.", ".encoder_attn."),
+    (r"\.o_proj\.", ".out_proj."),
+    (r"\.self_attn_residual\.layer_norm\.", ".self_attn_layer_norm."),
+    (r"\.cross_attn_residual\.layer_norm\.", ".encoder_attn_layer_norm."),
+    (r"\.ffn_residual\.layer_norm\.", ".final_layer_norm."),
+    (r"\.ffn\.(fc1|fc2)\.", r".\1."),
+]
+
+
+def marian_name(name: str) -> str:
+    for pattern, replacement in MARIAN_NAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
 @torch.no_grad()
 def marian_twin(model: VanillaTransformerForConditionalGeneration) -> MarianMTModel:
-    """A MarianMTModel holding `model`'s weights (only h * d_k == h * d_v == d_model is expressible in Marian)."""
+    """A MarianMTModel holding `model`'s weights (only h * d_k == h * d_v == d_model is expressible in Marian), its
+    position tables replaced by the paper's interleaved sinusoids. Tensors are matched by name (`MARIAN_NAMES`), so
+    a layer added to this model fails here loudly instead of being left at random."""
     config = model.config
     if config.h * config.d_k != config.d_model or config.h * config.d_v != config.d_model:
         raise ValueError("MarianMTModel needs h * d_k == h * d_v == d_model.")
     marian = MarianMTModel(marian_config(config)).eval()
-    ours = model.model
-    marian.model.shared.weight.copy_(ours.encoder.embed_tokens.weight)
     table = sinusoidal_position_encoding(torch.arange(marian.config.max_position_embeddings), config.d_model)
-    for stack in (marian.model.encoder, marian.model.decoder):
-        stack.embed_positions.weight.copy_(table)
-
-    def attention(theirs, mine):
-        for a, b in (("q_proj", "w_q"), ("k_proj", "w_k"), ("v_proj", "w_v"), ("out_proj", "w_o")):
-            getattr(theirs, a).load_state_dict(getattr(mine, b).state_dict())
-
-    for theirs, mine in zip(marian.model.encoder.layers, ours.encoder.layers, strict=True):
-        attention(theirs.self_attn, mine.self_attn)
-        theirs.self_attn_layer_norm.load_state_dict(mine.self_attn_norm.state_dict())
-        theirs.fc1.load_state_dict(mine.ffn.w_1.state_dict())
-        theirs.fc2.load_state_dict(mine.ffn.w_2.state_dict())
-        theirs.final_layer_norm.load_state_dict(mine.ffn_norm.state_dict())
-    for theirs, mine in zip(marian.model.decoder.layers, ours.decoder.layers, strict=True):
-        attention(theirs.self_attn, mine.self_attn)
-        theirs.self_attn_layer_norm.load_state_dict(mine.self_attn_norm.state_dict())
-        attention(theirs.encoder_attn, mine.cross_attn)
-        theirs.encoder_attn_layer_norm.load_state_dict(mine.cross_attn_norm.state_dict())
-        theirs.fc1.load_state_dict(mine.ffn.w_1.state_dict())
-        theirs.fc2.load_state_dict(mine.ffn.w_2.state_dict())
-        theirs.final_layer_norm.load_state_dict(mine.ffn_norm.state_dict())
+    state = {marian_name(name): tensor for name, tensor in model.state_dict().items()}
+    state["model.shared.weight"] = state["model.encoder.embed_tokens.weight"]
+    state["final_logits_bias"] = torch.zeros_like(marian.final_logits_bias)
+    for stack in ("encoder", "decoder"):
+        state[f"model.{stack}.embed_positions.weight"] = table
+    marian.load_state_dict(state, strict=True)
     marian.generation_config.max_length = None
     marian.generation_config.num_beams = 1
     marian.generation_config.bad_words_ids = None
@@ -160,29 +164,29 @@ def export_ctranslate2(model: VanillaTransformerForConditionalGeneration, output
 
     for target, stack in ((spec.encoder, ours.encoder), (spec.decoder, ours.decoder)):
         embeddings = target.embeddings[0] if isinstance(target.embeddings, list) else target.embeddings
-        embeddings.weight = numpy(stack.embed_tokens.weight)
+        embeddings.weight = numpy(stack.embeddings.embed_tokens.weight)
         target.scale_embeddings = True  # sqrt(d_model)
         target.position_encodings.encodings = numpy(table)
     for target, layer in zip(spec.encoder.layer, ours.encoder.layers, strict=True):
         attn = layer.self_attn
-        linear(target.self_attention.linear[0], attn.w_q, attn.w_k, attn.w_v)
-        linear(target.self_attention.linear[1], attn.w_o)
-        norm(target.self_attention.layer_norm, layer.self_attn_norm)
-        linear(target.ffn.linear_0, layer.ffn.w_1)
-        linear(target.ffn.linear_1, layer.ffn.w_2)
-        norm(target.ffn.layer_norm, layer.ffn_norm)
+        linear(target.self_attention.linear[0], attn.q_proj, attn.k_proj, attn.v_proj)
+        linear(target.self_attention.linear[1], attn.o_proj)
+        norm(target.self_attention.layer_norm, layer.self_attn_residual.layer_norm)
+        linear(target.ffn.linear_0, layer.ffn.fc1)
+        linear(target.ffn.linear_1, layer.ffn.fc2)
+        norm(target.ffn.layer_norm, layer.ffn_residual.layer_norm)
     for target, layer in zip(spec.decoder.layer, ours.decoder.layers, strict=True):
         attn, cross = layer.self_attn, layer.cross_attn
-        linear(target.self_attention.linear[0], attn.w_q, attn.w_k, attn.w_v)
-        linear(target.self_attention.linear[1], attn.w_o)
-        norm(target.self_attention.layer_norm, layer.self_attn_norm)
-        linear(target.attention.linear[0], cross.w_q)
-        linear(target.attention.linear[1], cross.w_k, cross.w_v)
-        linear(target.attention.linear[2], cross.w_o)
-        norm(target.attention.layer_norm, layer.cross_attn_norm)
-        linear(target.ffn.linear_0, layer.ffn.w_1)
-        linear(target.ffn.linear_1, layer.ffn.w_2)
-        norm(target.ffn.layer_norm, layer.ffn_norm)
+        linear(target.self_attention.linear[0], attn.q_proj, attn.k_proj, attn.v_proj)
+        linear(target.self_attention.linear[1], attn.o_proj)
+        norm(target.self_attention.layer_norm, layer.self_attn_residual.layer_norm)
+        linear(target.attention.linear[0], cross.q_proj)
+        linear(target.attention.linear[1], cross.k_proj, cross.v_proj)
+        linear(target.attention.linear[2], cross.o_proj)
+        norm(target.attention.layer_norm, layer.cross_attn_residual.layer_norm)
+        linear(target.ffn.linear_0, layer.ffn.fc1)
+        linear(target.ffn.linear_1, layer.ffn.fc2)
+        norm(target.ffn.layer_norm, layer.ffn_residual.layer_norm)
     spec.decoder.projection.weight = numpy(model.lm_head.weight)
 
     tokens = [f"t{i}" for i in range(config.vocab_size)]

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from contenders import TorchTransformerLM, export_ctranslate2, marian_twin  # noqa: E402
 
-from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration  # noqa: E402
+from hf_vanilla_transformer import (  # noqa: E402
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    any_config,
+)
 
 SIZES = {
     "base": {"preset": "base", "vocab_size": 37000},  # Table 3 base, the paper's shared BPE vocabulary
@@ -49,11 +57,7 @@ DECODE_SOURCE_LENGTH = 24
 
 def build_config(size: str) -> VanillaTransformerConfig:
     spec = SIZES[size]
-    if spec["preset"] == "demo":
-        from training.train import DEMO_PRESET
-
-        return VanillaTransformerConfig(**{**DEMO_PRESET, "vocab_size": spec["vocab_size"]})
-    return VanillaTransformerConfig.from_preset(spec["preset"], vocab_size=spec["vocab_size"])
+    return any_config(spec["preset"], vocab_size=spec["vocab_size"])
 
 
 def build_ours(config: VanillaTransformerConfig) -> VanillaTransformerForConditionalGeneration:
@@ -221,12 +225,50 @@ def high_water_mark() -> int:
 # --------------------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------------------
+# The module names before 2026-11-23 (for a --baseline revision older than the rename).
+OLD_NAMES = [
+    (r"\.q_proj\.", ".w_q."), (r"\.k_proj\.", ".w_k."), (r"\.v_proj\.", ".w_v."), (r"\.o_proj\.", ".w_o."),
+    (r"\.fc1\.", ".w_1."), (r"\.fc2\.", ".w_2."),
+    (r"\.(self_attn|cross_attn|ffn)_residual\.layer_norm\.", r".\1_norm."),
+    (r"\.embeddings\.embed_tokens\.", ".embed_tokens."), (r"\.embeddings\.embed_positions\.", ".embed_positions.learned."),
+]  # fmt: skip
+
+
+def baseline_model(revision: str, ours: VanillaTransformerForConditionalGeneration):
+    """This package as it was at git `revision`, imported under another name, holding `ours`'s weights: the "before"
+    of a change, measured in the same process and rounds as the "after"."""
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", revision, "hf_vanilla_transformer"], capture_output=True, check=True
+    ).stdout
+    folder = Path(tempfile.mkdtemp(prefix="speed-baseline-"))
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    name = "hf_vanilla_transformer_baseline"
+    (folder / "hf_vanilla_transformer").rename(folder / name)
+    sys.path.insert(0, str(folder))
+    package = importlib.import_module(name)
+    fields = package.VanillaTransformerConfig.__dataclass_fields__
+    config = package.VanillaTransformerConfig(**{k: v for k, v in ours.config.to_dict().items() if k in fields})
+    model = package.VanillaTransformerForConditionalGeneration(config).eval()
+    state = ours.state_dict()
+    if set(state) != set(model.state_dict()):
+        renamed = {}
+        for key, tensor in state.items():
+            for pattern, replacement in OLD_NAMES:
+                key = re.sub(pattern, replacement, key)
+            renamed[key] = tensor
+        state = renamed
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 class Decoders:
     """generate() of this model and of the Marian twin, and CTranslate2's translate_batch, on the same weights."""
 
-    def __init__(self, config, log):
+    def __init__(self, config, log, baseline: str | None = None):
         self.ours = build_ours(config).eval()
         self.marian = marian_twin(self.ours)
+        self.before = baseline_model(baseline, self.ours) if baseline else None
         self.translator, self.tokens, self.ct2_missing = None, None, None
         try:
             import ctranslate2
@@ -242,7 +284,8 @@ class Decoders:
         )  # fmt: skip
 
     def names(self) -> list[str]:
-        return ["ours", "marian"] + (["ctranslate2"] if self.translator is not None else [])
+        before = ["before"] if self.before is not None else []
+        return ["ours", "marian", *before] + (["ctranslate2"] if self.translator is not None else [])
 
     def run(self, name: str, input_ids: torch.Tensor, beams: int, new_tokens: int, **kwargs) -> list[list[int]]:
         # Every output exactly `new_tokens` long: generate() without an end-of-sentence token (min_new_tokens would
@@ -250,9 +293,10 @@ class Decoders:
         # CTranslate2 with its own minimum length.
         common = {"num_beams": beams, "max_new_tokens": new_tokens, "eos_token_id": None, "do_sample": False}
         with torch.inference_mode():
-            if name == "ours":
+            if name in ("ours", "before"):
                 # The paper's decoding settings (GNMT penalty, early_stopping="never") with a fixed output length.
-                out = self.ours.generate(input_ids, max_new_tokens_over_source=None, **common, **kwargs)
+                model = self.ours if name == "ours" else self.before
+                out = model.generate(input_ids, max_new_tokens_over_source=None, **common, **kwargs)
                 return out[:, 1:].tolist()
             if name == "marian":
                 return self.marian.generate(input_ids, **common, **kwargs)[:, 1:].tolist()
@@ -549,6 +593,11 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="only print operator profiles: a training step per --dtypes, and beam-4 decoding at the largest --batches",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also decode with this package as it was at git revision REV (contender 'before', same weights)",
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     if args.profile:
@@ -579,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for dtype in args.dtypes:
                     memory[(name, dtype)] = peak_training_memory(size, name, dtype)
                     log(f"  peak memory {dtype:4s} {name:15s} {memory[(name, dtype)] / 2**20:8.0f} MiB")
-        decoders = Decoders(config, log)
+        decoders = Decoders(config, log, args.baseline)
         if "decode" in args.parts:
             log(f"[speed] {size}: decoding")
             decoding = measure_decoding(decoders, config, args.batches, args.rounds, args.new_tokens, log)

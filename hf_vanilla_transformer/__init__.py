@@ -1,33 +1,45 @@
 """hf_vanilla_transformer: the Transformer of "Attention Is All You Need" as a Hugging Face model.
 
 Importing the package registers the model with `AutoConfig`, `AutoModel` and `AutoModelForSeq2SeqLM`, and marks
-the classes for `trust_remote_code` sharing: `save_pretrained` writes the code files and an `auto_map`, so the
-saved folder loads where this package is not installed.
+the classes for `trust_remote_code` sharing: `save_pretrained` writes the code files (configuration, modeling,
+generation and loss) and an `auto_map`, so the saved folder loads where this package is not installed.
+
+Files: `configuration_vanilla_transformer` (the config, Table 3 presets), `modeling_vanilla_transformer` (the paper's
+model), `generation_vanilla_transformer` (§6.1 decoding), `loss_vanilla_transformer` (§5.4 loss), `paper` (what the
+paper reports, and the small non-paper sizes), `translation` (the translate command).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from .configuration_vanilla_transformer import (
-    PAPER_VOCAB_SIZE,
-    PARAMS_TOLERANCE,
-    PRESETS,
-    TABLE3_REPORTED,
-    VanillaTransformerConfig,
-    paper_parameter_count,
-)
-from .modeling_vanilla_transformer import (
+from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
+from .generation_vanilla_transformer import (
+    GNMTLengthPenalty,
     SourceLengthLimitLogitsProcessor,
+    gnmt_length_penalty,
+    paper_generation_config,
+)
+from .loss_vanilla_transformer import label_smoothed_cross_entropy
+from .modeling_vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
     VanillaTransformerPreTrainedModel,
-    gnmt_length_penalty,
-    paper_generation_config,
     shift_tokens_right,
     sinusoidal_position_encoding,
 )
+from .paper import (
+    PAPER_VOCAB_SIZE,
+    PARAMS_TOLERANCE,
+    SMALL_CONFIGS,
+    TABLE3_REPORTED,
+    any_config,
+    deviations_from_paper,
+    paper_parameter_count,
+    small_config,
+    table3_row,
+)
 from .translation import translate
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
 AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel, exist_ok=True)
@@ -38,19 +50,26 @@ VanillaTransformerModel.register_for_auto_class("AutoModel")
 VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 __all__ = [
+    "GNMTLengthPenalty",
     "PAPER_VOCAB_SIZE",
     "PARAMS_TOLERANCE",
     "PRESETS",
+    "SMALL_CONFIGS",
     "TABLE3_REPORTED",
     "SourceLengthLimitLogitsProcessor",
     "VanillaTransformerConfig",
     "VanillaTransformerForConditionalGeneration",
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",
+    "any_config",
+    "deviations_from_paper",
     "gnmt_length_penalty",
+    "label_smoothed_cross_entropy",
     "paper_generation_config",
     "paper_parameter_count",
     "shift_tokens_right",
     "sinusoidal_position_encoding",
+    "small_config",
+    "table3_row",
     "translate",
 ]

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
-from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, small_config
 
 
 def tiny_config(**overrides) -> VanillaTransformerConfig:
-    return VanillaTransformerConfig.from_preset("tiny", **overrides)
+    return small_config("tiny", **overrides)
 
 
 def tiny_model(seed: int = 0, **overrides) -> VanillaTransformerForConditionalGeneration:

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from hf_vanilla_transformer import translate
-from training.model_card import check_card, preset_card
-from training.push_to_hub import REQUIRED, check_model_folder
-from training.push_to_hub import main as push_main
+from hf_vanilla_transformer_training.model_card import check_card, preset_card
+from hf_vanilla_transformer_training.push_to_hub import REQUIRED, check_model_folder
+from hf_vanilla_transformer_training.push_to_hub import main as push_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def model_folder(tmp_path_factory) -> Path:
     """The model folder of a tiny run of training/train.py (weights, code, tokenizer, card, pictures)."""
     out = tmp_path_factory.mktemp("run")
-    command = [sys.executable, "-m", "training.train", "--output_dir", str(out), "--preset", "tiny",
+    command = [sys.executable, "-m", "hf_vanilla_transformer_training.train", "--output_dir", str(out), "--preset", "tiny",
                "--vocab_size", "200", "--demo_pairs", "1400", "--max_tokens", "800", "--warmup_steps", "4",
                "--lr_scale", "4", "--no_progress", "--max_steps", "6", "--save_steps", "2", "--eval_steps", "3",
                "--eval_samples", "20", "--average_last", "2", "--test_samples", "30"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the installed packages (pip install -e .), not the folders
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "model"
@@ -60,7 +60,9 @@ def test_the_kept_preset_cards_are_current_and_valid(preset, tmp_path):
     kept = ROOT / "model_cards" / f"{preset}.md"
     check_card(kept)
     preset_card(preset).save(tmp_path / "card.md")
-    assert (tmp_path / "card.md").read_text() == kept.read_text(), "regenerate with python -m training.model_card"
+    assert (tmp_path / "card.md").read_text() == kept.read_text(), (
+        "regenerate with python -m hf_vanilla_transformer_training.model_card"
+    )
     assert "Untrained" in kept.read_text() and "model-index" not in metadata(kept)
 
 
@@ -157,7 +159,7 @@ def test_a_fresh_virtualenv_without_the_package_translates_the_same(model_folder
 def test_translate_command_reads_stdin_and_keeps_order(model_folder, tmp_path):
     lines = ["Aug 3, 2001", "", "twelve", "Friday, August 26, 1955"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "hf_vanilla_transformer.translation", str(model_folder), "--batch_tokens", "8"]
     with open(tmp_path / "in.txt") as stdin:
         result = subprocess.run(command, stdin=stdin, env=env, capture_output=True, text=True, timeout=300)

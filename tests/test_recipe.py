@@ -3,6 +3,10 @@ tokenizer and checkpoint averaging."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -10,10 +14,10 @@ from conftest import tiny_model
 from datasets import DatasetDict
 from transformers import AutoTokenizer, get_inverse_sqrt_schedule
 
-from training.average_checkpoints import average_checkpoints
-from training.data import build_demo_corpus, clean_split, load_translation_data
-from training.tokenizer import SPECIAL_IDS, check_tokenizer_matches_config, train_bpe_tokenizer
-from training.train import TokenBatchSampler, translation_scores
+from hf_vanilla_transformer_training.average_checkpoints import average_checkpoints
+from hf_vanilla_transformer_training.data import build_demo_corpus, clean_split, load_translation_data
+from hf_vanilla_transformer_training.tokenizer import SPECIAL_IDS, check_tokenizer_matches_config, train_bpe_tokenizer
+from hf_vanilla_transformer_training.train import TokenBatchSampler, translation_scores
 
 
 def paper_lrate(step: int, d_model: int, warmup_steps: int = 4000) -> float:
@@ -173,3 +177,41 @@ def test_translation_scores():
     assert scores["exact_match"] == 50.0 and 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100
     assert translation_scores(["same text"], ["same text"])["chrf"] == pytest.approx(100.0)
     assert math.isclose(translation_scores(["a"], ["b"])["exact_match"], 0.0)
+
+
+@pytest.mark.parametrize("preset", ["demo", "tiny", "base", "C-N2"])
+def test_the_preset_option_takes_a_table3_row_or_a_small_size(preset):
+    from hf_vanilla_transformer import any_config
+    from hf_vanilla_transformer_training.train import build_config, parse_args
+
+    args = parse_args(["--output_dir", "unused", "--preset", preset, "--config_overrides", '{"dropout": 0.2}'])
+    config = build_config(args, vocab_size=1000)
+    assert config.to_dict() == any_config(preset, vocab_size=1000, dropout=0.2).to_dict()
+
+
+def test_an_unknown_preset_is_refused_with_the_known_ones(capsys):
+    from hf_vanilla_transformer_training.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--output_dir", "unused", "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_the_installed_import_names_are_the_projects_own(tmp_path):
+    """The repository's training/ folder installs as hf_vanilla_transformer_training: no top-level `training` in
+    site-packages, and every console command loads. Run outside the repository, so only installed names import."""
+    code = textwrap.dedent(
+        """
+        import importlib.metadata, importlib.util
+        assert importlib.util.find_spec("training") is None, importlib.util.find_spec("training")
+        import hf_vanilla_transformer_training.train
+        scripts = importlib.metadata.distribution("hf-vanilla-transformer").entry_points.select(group="console_scripts")
+        print(sorted((s.name, s.value) for s in scripts))
+        for script in scripts:
+            assert callable(script.load()), script
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "('vanilla-transformer-train', 'hf_vanilla_transformer_training.train:cli')" in result.stdout

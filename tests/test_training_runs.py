@@ -24,9 +24,10 @@ TINY = [
 
 
 def run(args: list[str], launcher: list[str] | None = None, wait: bool = True, **kwargs):
+    # The installed package (`pip install -e .`): the repository's training/ folder is hf_vanilla_transformer_training.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    command = (launcher or [sys.executable]) + ["-m", "training.train", *args]
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    command = (launcher or [sys.executable]) + ["-m", "hf_vanilla_transformer_training.train", *args]
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
@@ -57,7 +58,8 @@ def test_a_tiny_run_writes_a_hub_ready_model_and_scores_it(tmp_path):
     model_dir = out / "model"
     names = set(os.listdir(model_dir))
     assert {"model.safetensors", "config.json", "generation_config.json", "modeling_vanilla_transformer.py",
-            "configuration_vanilla_transformer.py", "tokenizer.json", "tokenizer_config.json",
+            "configuration_vanilla_transformer.py", "generation_vanilla_transformer.py",
+            "loss_vanilla_transformer.py", "tokenizer.json", "tokenizer_config.json",
             "learning_curve.png", "results.json"} <= names  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["averaged_checkpoints"] == ["checkpoint-4", "checkpoint-6"]
@@ -73,7 +75,7 @@ def test_a_tiny_run_writes_a_hub_ready_model_and_scores_it(tmp_path):
     # The averaged model is the mean of the last two checkpoints.
     averaged = model.state_dict()
     a, b = final_weights(out, 4), final_weights(out, 6)
-    for name in ("model.encoder.layers.0.self_attn.w_q.weight", "model.encoder.embed_tokens.weight"):
+    for name in ("model.encoder.layers.0.self_attn.q_proj.weight", "model.encoder.embeddings.embed_tokens.weight"):
         torch.testing.assert_close(averaged[name], (a[name] + b[name]) / 2)
 
 
@@ -149,7 +151,7 @@ def loadable(checkpoint: Path) -> bool:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(tmp_path):
-    from training.average_checkpoints import complete_checkpoints
+    from hf_vanilla_transformer_training.average_checkpoints import complete_checkpoints
 
     common = [*TINY, "--max_steps", "14", "--save_steps", "1", "--eval_steps", "1000", "--skip_test",
               "--average_last", "2"]  # fmt: skip
@@ -197,7 +199,7 @@ def test_two_runs_with_one_seed_are_identical(tmp_path):
 
 
 def test_an_unwritable_output_folder_fails_before_training(tmp_path):
-    from training.train import main
+    from hf_vanilla_transformer_training.train import main
 
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(SystemExit, match=r"Cannot write to the output folder .*a_file/run"):
@@ -207,7 +209,7 @@ def test_an_unwritable_output_folder_fails_before_training(tmp_path):
 def test_too_little_disk_space_fails_before_training(tmp_path, monkeypatch):
     import shutil
 
-    from training.train import main
+    from hf_vanilla_transformer_training.train import main
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
@@ -222,8 +224,8 @@ def test_a_full_disk_at_a_save_keeps_earlier_checkpoints_and_resumes(tmp_path, m
 
     import transformers.modeling_utils as modeling_utils
 
-    from training.average_checkpoints import complete_checkpoints
-    from training.train import main
+    from hf_vanilla_transformer_training.average_checkpoints import complete_checkpoints
+    from hf_vanilla_transformer_training.train import main
 
     out = tmp_path / "run"
     args = [*TINY, "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2", "--eval_steps", "1000",

@@ -1,7 +1,7 @@
 """Attention heatmaps for one sentence, as in the paper's Figures 3-5: encoder self-attention and decoder
 cross-attention of the last layer, a few heads each, with the tokens on the axes.
 
-    python -m training.attention_maps MODEL_DIR "Friday, August 26, 1955" --out_dir pictures/
+    python -m hf_vanilla_transformer_training.attention_maps MODEL_DIR "Friday, August 26, 1955" --out_dir pictures/
 """
 
 from __future__ import annotations

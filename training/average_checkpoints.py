@@ -1,7 +1,7 @@
 """Checkpoint averaging (§6.1: the base models average the last 5 checkpoints, the big ones the last 20).
 
-    python -m training.average_checkpoints OUTPUT_DIR --last 5 --into averaged/
-    python -m training.average_checkpoints --checkpoints ckpt-a ckpt-b --into averaged/
+    vanilla-transformer-average-checkpoints OUTPUT_DIR --last 5 --into averaged/
+    vanilla-transformer-average-checkpoints --checkpoints ckpt-a ckpt-b --into averaged/
 
 Each input is a folder written by `save_pretrained` (a Trainer `checkpoint-N` folder is one). The result is a
 folder that `from_pretrained` loads: the first checkpoint's config and code files with the averaged weights.

@@ -1,7 +1,7 @@
 """A short demonstration of the model as a Hugging Face user meets it: build from a Table 3 preset, save,
 reload through the Auto classes, and translate with the paper's decoding (§6.1).
 
-    python -m training.demo [--output_dir outputs/demo]
+    python -m hf_vanilla_transformer_training.demo [--output_dir outputs/demo]   # make smoke
 
 The weights are untrained (the training recipe is `training/train.py`), so the output tokens are arbitrary;
 what the demo shows is that the full-size base model and a small one build, run, save and reload.
@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
-from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, any_config
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     for preset in ("base", "tiny"):
-        config = VanillaTransformerConfig.from_preset(preset)
+        config = any_config(preset)  # the paper's base model, and a small non-paper size
         start = time.perf_counter()
         model = VanillaTransformerForConditionalGeneration(config).eval()
         folder = Path(args.output_dir) / preset

@@ -1,9 +1,9 @@
 """Model cards rendered with `huggingface_hub.ModelCard` from `model_cards/template.md`.
 
-    python -m training.model_card --preset base --out model_cards/base.md    # the untrained Table 3 cards
-    python -m training.model_card --preset big --out model_cards/big.md
+    python -m hf_vanilla_transformer_training.model_card --preset base --out model_cards/base.md  # untrained
+    python -m hf_vanilla_transformer_training.model_card --preset big --out model_cards/big.md
 
-`training/train.py` writes the demo model's card (README.md in its model folder) with its measured results,
+`training/train.py` (`hf_vanilla_transformer_training.train`) writes the demo model's card (README.md in its model folder) with its measured results,
 learning curve and attention maps. `check_card` validates a card offline: its metadata parses into
 `ModelCardData`, names the required fields, and its `model-index` parses back into the reported results;
 `ModelCard.validate()` (the Hub's own check) runs too when asked (`online=True`, as `push_to_hub.py` does).
@@ -20,12 +20,15 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_vanilla_transformer import (
     PAPER_VOCAB_SIZE,
-    PRESETS,
     TABLE3_REPORTED,
     VanillaTransformerConfig,
+    deviations_from_paper,
     paper_parameter_count,
+    table3_row,
 )
 
+# The repository's model_cards/ folder, beside training/ (this file's folder in a source checkout or an editable
+# install).
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
 REQUIRED_METADATA = ("library_name", "pipeline_tag", "language", "license", "tags")
 
@@ -37,11 +40,11 @@ def paper_params(preset: str) -> str:
 
 
 def architecture_rows(config: VanillaTransformerConfig) -> list[tuple[str, ...]]:
-    base, big = PRESETS["base"], PRESETS["big"]
+    base, big = VanillaTransformerConfig.from_preset("base"), VanillaTransformerConfig.from_preset("big")
     rows = [("N (encoder / decoder layers)", "6", "6", f"{config.encoder_layers} / {config.decoder_layers}")]
     for label, key in (("d_model", "d_model"), ("d_ff", "d_ff"), ("h", "h"), ("d_k", "d_k"), ("d_v", "d_v"),
                        ("P_drop", "dropout"), ("eps_ls", "label_smoothing")):  # fmt: skip
-        rows.append((label, str(base[key]), str(big[key]), str(getattr(config, key))))
+        rows.append((label, str(getattr(base, key)), str(getattr(big, key)), str(getattr(config, key))))
     rows += [
         ("vocabulary (shared, BPE)", "~37000", "~37000", str(config.vocab_size)),
         ("positional encoding", "sinusoidal", "sinusoidal", config.position_encoding),
@@ -102,7 +105,12 @@ def render_card(
         model_name=repo_id,
         eval_results=eval_results,
     )
-    row = config.table3_row()
+    if not TEMPLATE.is_file():
+        raise FileNotFoundError(
+            f"The model card template {TEMPLATE} is missing: render cards from a source checkout of the project "
+            "(pip install -e .), which has the model_cards/ folder."
+        )
+    row = table3_row(config)
     table3_sentence = (
         f"The sizes are Table 3's row `{row}`." if row else "The sizes are no row of Table 3 (see the deviations)."
     )
@@ -113,7 +121,7 @@ def render_card(
         summary=summary,
         architecture=architecture_rows(config),
         table3_sentence=table3_sentence,
-        deviations=config.deviations_from_paper(),
+        deviations=deviations_from_paper(config),
         training=training,
         results=results,
         pictures=pictures or [],
@@ -150,7 +158,7 @@ def check_card(path: str | Path, online: bool = False) -> ModelCard:
 
 UNTRAINED_LIMITATIONS = (
     "This card describes an architecture, not trained weights: a model built from it translates nothing until it "
-    "is trained (`python -m training.train --preset {preset} ...`, see the package README). Trained on WMT14 "
+    "is trained (`vanilla-transformer-train --preset {preset} ...`, see the package README). Trained on WMT14 "
     "EN-DE with the paper's recipe, the paper reports {bleu} BLEU on newstest2014 (tokenized, compound-split BLEU; "
     "sacreBLEU on detokenized text is up to ~1.5 lower)."
 )

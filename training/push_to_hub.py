@@ -1,9 +1,11 @@
 """Uploads a model folder to the Hugging Face Hub, after checking that it is complete.
 
-    python -m training.push_to_hub outputs/demo/model --repo_id me/vanilla-transformer-demo --dry_run
-    python -m training.push_to_hub outputs/demo/model --repo_id me/vanilla-transformer-demo [--private]
+    vanilla-transformer-push-to-hub outputs/demo/model --repo_id me/vanilla-transformer-demo --dry_run
+    vanilla-transformer-push-to-hub outputs/demo/model --repo_id me/vanilla-transformer-demo [--private]
 
-The folder must hold the weights, the config (with an `auto_map`), both code files, the tokenizer, the
+(or `python -m hf_vanilla_transformer_training.push_to_hub ...`).
+
+The folder must hold the weights, the config (with an `auto_map`), the four code files, the tokenizer, the
 generation config and a model card whose metadata validates; anything missing stops the upload before any
 network call. `--dry_run` prints exactly the files that would be sent and their sizes, and sends nothing.
 """
@@ -20,6 +22,8 @@ REQUIRED = {
     "generation_config.json": "the generation config (the paper's decoding)",
     "configuration_vanilla_transformer.py": "the config code (for trust_remote_code)",
     "modeling_vanilla_transformer.py": "the modeling code (for trust_remote_code)",
+    "generation_vanilla_transformer.py": "the decoding code the modeling code imports (for trust_remote_code)",
+    "loss_vanilla_transformer.py": "the loss code the modeling code imports (for trust_remote_code)",
     "tokenizer.json": "the tokenizer",
     "tokenizer_config.json": "the tokenizer config",
     "README.md": "the model card",
@@ -30,7 +34,7 @@ UPLOADED_SUFFIXES = (".safetensors", ".json", ".py", ".md", ".png", ".txt", ".mo
 
 def check_model_folder(folder: str | Path, online: bool = False) -> list[Path]:
     """Raises ValueError naming everything missing or invalid; returns the files to upload."""
-    from training.model_card import check_card
+    from .model_card import check_card
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -1,9 +1,9 @@
 """The paper's training recipe (§5) on Seq2SeqTrainer, then checkpoint averaging and the test score (§6.1).
 
-    python -m training.train --output_dir outputs/demo --preset demo                 # the bundled corpus
-    python -m training.train --dataset wmt14 --dataset_config de-en --preset base --vocab_size 37000 \\
-        --max_tokens 50000 --max_steps 100000 --average_last 5 --save_minutes 10      # the paper's base run
-    accelerate launch --num_processes 8 -m training.train ...                          # data parallel (DDP)
+    vanilla-transformer-train --output_dir outputs/demo --preset demo                # the bundled corpus
+    vanilla-transformer-train --dataset wmt14 --dataset_config de-en --preset base --vocab_size 37000 \\
+        --max_tokens 50000 --max_steps 100000 --average_last 5 --save_minutes 10     # the paper's base run
+    accelerate launch --num_processes 8 -m hf_vanilla_transformer_training.train ...  # data parallel (DDP)
 
 Defaults are the paper's: Adam(0.9, 0.98, 1e-9); lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) with
 warmup 4000 (transformers' `inverse_sqrt` schedule with that peak); label smoothing from the preset (0.1);
@@ -39,27 +39,20 @@ from transformers import (
 
 import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
 from hf_vanilla_transformer import (
+    PRESETS,
+    SMALL_CONFIGS,
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
+    any_config,
     paper_generation_config,
     translate,
 )
-from training.attention_maps import attention_maps
-from training.average_checkpoints import average_checkpoints, complete_checkpoints
-from training.data import clean_split, load_translation_data
-from training.model_card import check_card, render_card, result_lines
-from training.tokenizer import check_tokenizer_matches_config, train_bpe_tokenizer
 
-# The demo's model: small enough to train on 2 CPU cores in minutes (not a Table 3 row; see the README).
-DEMO_PRESET = {
-    "d_model": 128,
-    "d_ff": 512,
-    "h": 4,
-    "encoder_layers": 3,
-    "decoder_layers": 3,
-    "dropout": 0.1,
-    "label_smoothing": 0.1,
-}
+from .attention_maps import attention_maps
+from .average_checkpoints import average_checkpoints, complete_checkpoints
+from .data import clean_split, load_translation_data
+from .model_card import check_card, render_card, result_lines
+from .tokenizer import check_tokenizer_matches_config, train_bpe_tokenizer
 
 
 # ---- token batching ------------------------------------------------------------------------------------------
@@ -284,7 +277,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--max_source_tokens", type=int, default=256)
     data.add_argument("--max_target_tokens", type=int, default=256)
     model = p.add_argument_group("model")
-    model.add_argument("--preset", default="base", help="a Table 3 preset, or 'demo'")
+    model.add_argument(
+        "--preset",
+        default="base",
+        choices=[*PRESETS, *SMALL_CONFIGS],
+        metavar="PRESET",
+        help="a Table 3 row (base, big, A-h1, ..., E-learned) or a small non-paper size (demo, tiny)",
+    )
     model.add_argument("--config_overrides", default="{}", help="JSON, e.g. '{\"dropout\": 0.2}'")
     model.add_argument("--vocab_size", type=int, default=37000, help="shared BPE vocabulary (paper: ~37000)")
     model.add_argument("--tokenizer", default=None, help="an existing tokenizer folder instead of training one")
@@ -314,10 +313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace, vocab_size: int) -> VanillaTransformerConfig:
+    """The --preset (a Table 3 row, or the demo's / the tests' small size) at the tokenizer's vocabulary size."""
     overrides = json.loads(args.config_overrides)
-    if args.preset == "demo":
-        return VanillaTransformerConfig(**{**DEMO_PRESET, "vocab_size": vocab_size, **overrides})
-    return VanillaTransformerConfig.from_preset(args.preset, vocab_size=vocab_size, **overrides)
+    return any_config(args.preset, **{"vocab_size": vocab_size, **overrides})
 
 
 def prepare_tokenizer(args: argparse.Namespace, train_rows, output_dir: Path) -> PreTrainedTokenizerFast:
@@ -558,7 +556,7 @@ def write_demo_card(args, model, results, checkpoints, pictures, model_dir: Path
         summary=f"Trained on the {dataset}: {results['parameters']:,} parameters, {results['steps']} steps, the "
         f"average of the last {len(checkpoints)} checkpoints.",
         training=(
-            f"`python -m training.train {' '.join(sys.argv[1:]) if sys.argv[1:] else '(defaults)'}`\n\n"
+            f"`vanilla-transformer-train {' '.join(sys.argv[1:]) if sys.argv[1:] else '(defaults)'}`\n\n"
             f"Adam (0.9, 0.98, 1e-9); the inverse-square-root schedule with {args.warmup_steps} warm-up steps and "
             f"peak {results['peak_learning_rate']:.3g}; label smoothing {model.config.label_smoothing}; batches of "
             f"at most {args.max_tokens} source + target tokens; {results['steps']} steps on {results['device']}, "

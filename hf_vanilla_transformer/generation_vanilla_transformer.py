@@ -1,0 +1,259 @@
+"""The paper's decoding policy (§6.1) on top of transformers' `generate()`.
+
+- beam size 4 and the GNMT length penalty with alpha = 0.6 (`length_penalty_type="gnmt"`): a finished hypothesis of
+  length L scores sum(log p) / ((5 + L) / 6) ** alpha. transformers divides by L ** alpha instead
+  (`length_penalty_type="transformers"`);
+- a maximum output length of the sentence's own input length + 50 (`max_new_tokens_over_source=50`);
+- early termination once no running beam can still beat the finished ones (tensor2tensor's rule:
+  `early_stopping="never"` with the bound computed at the maximum length).
+
+Both options live in the generation config (`generation_config.json`) or are given to `generate()`. Nothing is
+stored on the model for the length of a call: each call's settings travel in its own copy of the generation config,
+so concurrent calls with different settings decode what each would decode alone.
+
+The library's beam search divides by L ** length_penalty in two private methods; the GNMT form needs its own
+division there, so three private methods are overridden below, all for that one reason, and
+`tests/test_generation.py` pins their signatures to the installed transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, GenerationMixin
+from transformers.cache_utils import Cache
+from transformers.generation import LogitsProcessor, LogitsProcessorList
+
+LENGTH_PENALTY_TYPES = ("gnmt", "transformers")
+
+
+def gnmt_length_penalty(length: int | torch.Tensor, alpha: float) -> float | torch.Tensor:
+    """Wu et al. 2016, the paper's length penalty: lp(L) = ((5 + L) / 6) ** alpha; a hypothesis scores log p / lp(L).
+
+    transformers' own `length_penalty` divides by L ** alpha instead.
+    """
+    return ((5 + length) / 6) ** alpha
+
+
+class GNMTLengthPenalty(float):
+    """The alpha of the GNMT length penalty, standing in the call's generation config for the plain float
+    `length_penalty`. The library's beam search hands `length_penalty` to its scoring hooks, so the hooks below learn
+    the formula from their own argument; the library's checks and arithmetic see an ordinary float."""
+
+    def __repr__(self) -> str:
+        return f"GNMTLengthPenalty({float(self)!r})"
+
+
+class SourceLengthLimitLogitsProcessor(LogitsProcessor):
+    """Ends each sentence after at most `max_new_tokens[i]` tokens by forcing end-of-sentence there (§6.1: the
+    maximum output length is the input length + 50, per sentence). `generate` has only a batch-wide limit, so
+    this is written here. Rows of `input_ids` are the batch's sentences, each repeated for its beams / samples.
+    Runs without a host synchronisation: the same tensor operations at every step."""
+
+    def __init__(self, max_new_tokens: torch.LongTensor, eos_token_id: int, prompt_length: int = 1):
+        self.max_new_tokens = max_new_tokens  # (B,)
+        self.eos_token_id = eos_token_id
+        self.prompt_length = prompt_length
+        self._limits: torch.LongTensor | None = None  # (rows,), made at the first step
+        self._eos_only: torch.Tensor | None = None  # (V,): 0 at EOS, -inf elsewhere
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._limits is None or self._limits.shape[0] != input_ids.shape[0]:
+            rows_per_sentence = input_ids.shape[0] // self.max_new_tokens.shape[0]
+            self._limits = self.max_new_tokens.to(input_ids.device).repeat_interleave(rows_per_sentence)
+            self._eos_only = torch.full(scores.shape[-1:], -math.inf, dtype=scores.dtype, device=scores.device)
+            self._eos_only[self.eos_token_id] = 0.0
+        at_limit = (input_ids.shape[1] - self.prompt_length) >= self._limits  # (rows,)
+        return torch.where(at_limit[:, None], self._eos_only.to(scores.dtype), scores)
+
+
+def paper_generation_config(config: Any) -> GenerationConfig:
+    """§6.1: beam size 4, GNMT length penalty alpha = 0.6, maximum output length = input length + 50, and early
+    termination once no running beam can beat the finished ones (tensor2tensor's rule: `early_stopping="never"`
+    with the bound computed at the maximum length)."""
+    return GenerationConfig(
+        num_beams=4,
+        length_penalty=0.6,
+        length_penalty_type="gnmt",
+        max_new_tokens_over_source=50,
+        early_stopping="never",
+        do_sample=False,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+    )
+
+
+# Our two entries of the generation config (the library keeps unknown entries as attributes).
+CUSTOM_OPTIONS = ("length_penalty_type", "max_new_tokens_over_source")
+
+
+class VanillaTransformerGenerationMixin(GenerationMixin):
+    """`GenerationMixin` with the paper's decoding options (see the module docstring)."""
+
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """`GenerationMixin.generate` plus the paper's decoding options (§6.1), read from the generation config or
+        given as keywords:
+
+        - `length_penalty_type`: `"gnmt"` scores a finished hypothesis of length L as
+          sum(log p) / ((5 + L) / 6) ** length_penalty; `"transformers"` is the library's sum(log p) / L ** length_penalty.
+        - `max_new_tokens_over_source`: each sentence ends after at most (its source length + this) tokens;
+          None turns the limit off. `max_new_tokens` / `max_length` given to the call (or `max_new_tokens` in the
+          generation config) still cap the whole batch.
+
+        An option missing from a `generation_config` passed to the call comes from the model's generation config,
+        as every other option does.
+        """
+        over_source = self._generation_option("max_new_tokens_over_source", generation_config, kwargs)
+        if over_source is not None and (
+            not isinstance(over_source, int) or isinstance(over_source, bool) or over_source < 0
+        ):
+            raise ValueError(
+                f"max_new_tokens_over_source={over_source!r} is invalid: expected None or an integer >= 0."
+            )
+        if over_source is not None:
+            source_lengths = self._source_lengths(inputs, kwargs)
+            eos_token_id = self._generation_option("eos_token_id", generation_config, kwargs, pop=False)
+            if isinstance(eos_token_id, list):
+                eos_token_id = eos_token_id[0]
+            eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
+            # A limit given to this call, or a max_new_tokens in a generation config, also caps the batch. A config's
+            # max_length does not: transformers fills it with its default of 20 (Seq2SeqTrainer writes that into
+            # model.generation_config), which would cut the paper's limit short.
+            cap = kwargs.get("max_new_tokens")
+            for source in (generation_config, self.generation_config):
+                if cap is None and source is not None:
+                    cap = getattr(source, "max_new_tokens", None)
+            limits = source_lengths + over_source
+            if cap is None and kwargs.get("max_length") is None:
+                kwargs["max_new_tokens"] = cap = int(limits.max()) + 1  # + 1 for the forced EOS (once per call)
+            if cap is None or cap > int(limits.min()):  # the limit can bind within this call
+                prompt = kwargs.get("decoder_input_ids")
+                limit = SourceLengthLimitLogitsProcessor(
+                    limits, eos_token_id, prompt.shape[1] if prompt is not None else 1
+                )
+                logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
+        return super().generate(inputs, generation_config, logits_processor, **kwargs)
+
+    def _generation_option(
+        self, name: str, generation_config: GenerationConfig | None, kwargs: dict[str, Any], pop: bool = True
+    ) -> Any:
+        """An option by the library's priority: the call's keyword, the call's generation config, the model's."""
+        if name in kwargs:
+            return kwargs.pop(name) if pop else kwargs[name]
+        for source in (generation_config, self.generation_config):
+            if source is not None and hasattr(source, name):
+                return getattr(source, name)
+        return None
+
+    def _source_lengths(self, inputs: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.LongTensor:
+        attention_mask = kwargs.get("attention_mask")
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if attention_mask is not None:
+            return attention_mask.long().sum(-1)
+        if input_ids is not None and input_ids.dim() == 2:
+            return (input_ids != self.config.pad_token_id).long().sum(-1)
+        encoder_outputs = kwargs.get("encoder_outputs")
+        if encoder_outputs is not None:
+            hidden = encoder_outputs[0]
+            return torch.full((hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device)
+        raise ValueError("max_new_tokens_over_source needs the source: give input_ids or an attention_mask.")
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The inputs of one decoding step: the tokens not yet in the cache, the cache, the source mask and the
+        encoder output. (The library's version builds position ids and token types this model does not take, and
+        inspects `forward`'s signature at every step for models registered for the Auto classes.)"""
+        if next_sequence_length is not None:
+            input_ids = input_ids[:, -next_sequence_length:]
+        inputs = {"decoder_input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask}
+        skipped = ("labels", "decoder_position_ids", "position_ids", "token_type_ids", "cache_position")
+        for key, value in kwargs.items():
+            if key not in skipped and key not in inputs:
+                inputs[key] = value
+        return inputs
+
+    # ---- the GNMT length penalty: the library's private beam-search hooks --------------------------------------
+    def _prepare_generation_config(
+        self, generation_config: GenerationConfig | None, **kwargs: Any
+    ) -> tuple[GenerationConfig, dict[str, Any]]:
+        """The call's own generation config (the library's copy), with the length penalty marked as GNMT where the
+        call asks for it."""
+        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        for name in CUSTOM_OPTIONS:  # given to the call while no generation config had them: not model inputs
+            if name in model_kwargs:
+                setattr(generation_config, name, model_kwargs.pop(name))
+        penalty_type = getattr(generation_config, "length_penalty_type", "transformers")
+        if penalty_type not in LENGTH_PENALTY_TYPES:
+            raise ValueError(
+                f"length_penalty_type={penalty_type!r} is invalid: expected one of {LENGTH_PENALTY_TYPES}."
+            )
+        if penalty_type == "gnmt" and generation_config.length_penalty is not None:
+            generation_config.length_penalty = GNMTLengthPenalty(generation_config.length_penalty)
+        elif isinstance(generation_config.length_penalty, GNMTLengthPenalty):  # from an earlier gnmt preparation
+            generation_config.length_penalty = float(generation_config.length_penalty)
+        return generation_config, model_kwargs
+
+    def _update_finished_beams(self, *, topk_log_probs, cur_len, decoder_prompt_len, length_penalty, **kwargs):
+        # The library divides a finished hypothesis' score by L ** length_penalty here. For the GNMT form we divide
+        # by ((5 + L) / 6) ** alpha ourselves and hand it a penalty of 0 (L ** 0 == 1), so its bookkeeping
+        # (finished beams, early stopping) is reused unchanged.
+        if isinstance(length_penalty, GNMTLengthPenalty):
+            topk_log_probs = topk_log_probs / gnmt_length_penalty(cur_len + 1 - decoder_prompt_len, length_penalty)
+            length_penalty = 0.0
+        return super()._update_finished_beams(
+            topk_log_probs=topk_log_probs,
+            cur_len=cur_len,
+            decoder_prompt_len=decoder_prompt_len,
+            length_penalty=length_penalty,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _check_early_stop_heuristic(
+        *, running_beam_scores, cur_len, max_length, decoder_prompt_len, early_stopping, length_penalty, **kwargs
+    ):
+        if isinstance(length_penalty, GNMTLengthPenalty):
+            # The best a running beam can still reach: the GNMT penalty grows with L, so with early_stopping="never"
+            # the bound is at max_length (tensor2tensor's stopping rule); otherwise the library's heuristic length.
+            best_length = (
+                max_length if early_stopping == "never" and length_penalty > 0 else cur_len
+            ) - decoder_prompt_len
+            running_beam_scores = running_beam_scores / gnmt_length_penalty(best_length, length_penalty)
+            length_penalty = 0.0
+        return GenerationMixin._check_early_stop_heuristic(
+            running_beam_scores=running_beam_scores,
+            cur_len=cur_len,
+            max_length=max_length,
+            decoder_prompt_len=decoder_prompt_len,
+            early_stopping=early_stopping,
+            length_penalty=length_penalty,
+            **kwargs,
+        )
+
+
+__all__ = [
+    "GNMTLengthPenalty",
+    "LENGTH_PENALTY_TYPES",
+    "SourceLengthLimitLogitsProcessor",
+    "VanillaTransformerGenerationMixin",
+    "gnmt_length_penalty",
+    "paper_generation_config",
+]
