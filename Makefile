@@ -36,6 +36,7 @@ smoke: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tests/transformers_common/fetch.py
 	$(BIN)/python -m pytest -n 2 --durations=10
 
 params: setup

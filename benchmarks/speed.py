@@ -242,7 +242,8 @@ def baseline_model(revision: str, ours: VanillaTransformerForConditionalGenerati
         ["git", "-C", str(root), "archive", revision, "hf_vanilla_transformer"], capture_output=True, check=True
     ).stdout
     folder = Path(tempfile.mkdtemp(prefix="speed-baseline-"))
-    tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
     name = "hf_vanilla_transformer_baseline"
     (folder / "hf_vanilla_transformer").rename(folder / name)
     sys.path.insert(0, str(folder))

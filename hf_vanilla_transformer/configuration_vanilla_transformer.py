@@ -185,7 +185,10 @@ class VanillaTransformerConfig(PreTrainedConfig):
         unknown = [key for key in overrides if key not in cls.__dataclass_fields__]
         if unknown:
             hints = [difflib.get_close_matches(key, cls.__dataclass_fields__, n=1) for key in unknown]
-            named = ", ".join(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for key, hint in zip(unknown, hints))
+            named = ", ".join(
+                f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                for key, hint in zip(unknown, hints, strict=True)
+            )
             raise ValueError(f"Unknown configuration field(s) {named} for VanillaTransformerConfig.from_preset.")
         return cls(**{**PRESETS[name], **overrides})
 

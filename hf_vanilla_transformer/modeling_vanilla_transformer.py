@@ -10,8 +10,6 @@ Notation in the shape comments:
     h  attention heads          d_k, d_v  per-head widths     d  d_model          V  vocab_size
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +29,8 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple, is_torchdynamo_compiling
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -99,14 +98,18 @@ class VanillaTransformerAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,  # (B, S, d): the encoder output, for cross-attention
         attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch_size, length, self.h, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 
         cache = None
         if past_key_values is not None:
-            cache = past_key_values.cross_attention_cache if self.is_cross_attention else past_key_values.self_attention_cache
+            cache = (
+                past_key_values.cross_attention_cache
+                if self.is_cross_attention
+                else past_key_values.self_attention_cache
+            )
 
         if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
             # The encoder output does not change while decoding: its keys and values are computed once.
@@ -114,8 +117,12 @@ class VanillaTransformerAttention(nn.Module):
         else:
             source = key_value_states if self.is_cross_attention else hidden_states
             source_length = source.shape[1]
-            key = self.k_proj(source).view(batch_size, source_length, self.h, self.d_k).transpose(1, 2)  # (B, h, S, d_k)
-            value = self.v_proj(source).view(batch_size, source_length, self.h, self.d_v).transpose(1, 2)  # (B, h, S, d_v)
+            key = (
+                self.k_proj(source).view(batch_size, source_length, self.h, self.d_k).transpose(1, 2)
+            )  # (B, h, S, d_k)
+            value = (
+                self.v_proj(source).view(batch_size, source_length, self.h, self.d_v).transpose(1, 2)
+            )  # (B, h, S, d_v)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
                 if self.is_cross_attention:
@@ -181,10 +188,10 @@ class VanillaTransformerEmbeddings(nn.Module):
     `tie_word_embeddings`; `embed_positions` is Table 3 row (E)'s learned table, or None for the sinusoids.
     """
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding | None = None):
+    def __init__(self, config: VanillaTransformerConfig):
         super().__init__()
         self.d_model = config.d_model
-        self.embed_tokens = embed_tokens if embed_tokens is not None else nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = None
         if config.position_encoding == "learned":
@@ -268,8 +275,12 @@ class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
         self.ffn = VanillaTransformerFeedForward(config)
         self.ffn_residual = VanillaTransformerResidual(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
-        x = self.self_attn_residual(hidden_states, lambda y: self.self_attn(y, attention_mask=attention_mask, **kwargs)[0])
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
+        x = self.self_attn_residual(
+            hidden_states, lambda y: self.self_attn(y, attention_mask=attention_mask, **kwargs)[0]
+        )
         return self.ffn_residual(x, self.ffn)  # (B, S, d)
 
 
@@ -292,7 +303,7 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,  # (B, S, d)
         encoder_attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         def self_attn(y: torch.Tensor) -> torch.Tensor:
             return self.self_attn(y, attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)[0]
@@ -429,9 +440,9 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
         "attentions": VanillaTransformerAttention,
     }
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding | None = None):
+    def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        self.embeddings = VanillaTransformerEmbeddings(config, embed_tokens)
+        self.embeddings = VanillaTransformerEmbeddings(config)
         self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
         # Pre-LN needs a final norm; the paper's post-LN stack has none.
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
@@ -450,7 +461,7 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(B, S)`): source token ids.
@@ -487,9 +498,9 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         "cross_attentions": OutputRecorder(VanillaTransformerAttention, index=1, layer_name="cross_attn"),
     }
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding | None = None):
+    def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        self.embeddings = VanillaTransformerEmbeddings(config, embed_tokens)
+        self.embeddings = VanillaTransformerEmbeddings(config)
         self.layers = nn.ModuleList(VanillaTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
         self.post_init()
@@ -511,7 +522,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         r"""
         input_ids (`torch.LongTensor` of shape `(B, T)`): target token ids, shifted right (they start with
@@ -596,10 +607,10 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        # §3.4: one embedding matrix for source and target (shared vocabulary). Deviation when untied.
+        # §3.4: one embedding matrix for source and target (shared vocabulary), tied by parameter through
+        # `_tied_weights_keys` so that loading checks each name. Deviation when untied.
         self.encoder = VanillaTransformerEncoder(config)
-        shared = self.encoder.get_input_embeddings() if config.tie_word_embeddings else None
-        self.decoder = VanillaTransformerDecoder(config, embed_tokens=shared)
+        self.decoder = VanillaTransformerDecoder(config)
         if config.tie_word_embeddings:
             self._tied_weights_keys = {
                 "decoder.embeddings.embed_tokens.weight": "encoder.embeddings.embed_tokens.weight"
@@ -626,7 +637,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(B, S)`): source token ids.
@@ -735,7 +746,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(B, T)`): target ids, -100 where no loss is wanted. Without

@@ -69,7 +69,10 @@ def table3_row(config: VanillaTransformerConfig) -> str | None:
     keys = ("d_model", "d_ff", "h", "d_k", "d_v", "encoder_layers", "decoder_layers", "dropout", "label_smoothing")
     for name in PRESETS:
         row = VanillaTransformerConfig.from_preset(name)
-        if all(getattr(config, k) == getattr(row, k) for k in keys) and config.position_encoding == row.position_encoding:
+        if (
+            all(getattr(config, k) == getattr(row, k) for k in keys)
+            and config.position_encoding == row.position_encoding
+        ):
             return name
     return None
 
