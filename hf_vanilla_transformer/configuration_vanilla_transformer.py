@@ -11,8 +11,6 @@ values, at construction, in `validate()` and before `save_pretrained` writes any
 `huggingface_hub.errors.StrictDataclassError` whose message names the field, the value and what is allowed.
 """
 
-from __future__ import annotations
-
 import copy
 import difflib
 from typing import Any
@@ -88,14 +86,14 @@ class VanillaTransformerConfig(PreTrainedConfig):
     attention_dropout: float | int = 0.0
     activation_dropout: float | int = 0.0
     label_smoothing: float | int = 0.0
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float | int = 1e-6
     position_encoding: str = "sinusoidal"
     max_position_embeddings: int = 1024
     norm_first: bool = False
     scale_embedding: bool = True
     tie_word_embeddings: bool = True
     initializer: str = "xavier_uniform"
-    init_std: float | None = None
+    init_std: float | int | None = None
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -172,7 +170,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
         return super().get_text_config(decoder=decoder, encoder=encoder)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> VanillaTransformerConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> "VanillaTransformerConfig":
         """A configuration of Table 3, with `overrides` applied on top.
 
         `from_preset("base")` and `from_preset("big")` are the paper's two models; the rows (A) to (E) are
@@ -181,7 +179,12 @@ class VanillaTransformerConfig(PreTrainedConfig):
         overrides set them, so `from_preset("base", h=16)` is row (A)'s d_k = 32.
         """
         if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; known presets: {', '.join(PRESETS)}.")
+            moved = " (the small test configurations moved to hf_vanilla_transformer.small_config)"
+            raise ValueError(
+                f"Unknown preset {name!r}; known presets: {', '.join(PRESETS)}"
+                + (moved if name in ("tiny", "demo") else "")
+                + "."
+            )
         unknown = [key for key in overrides if key not in cls.__dataclass_fields__]
         if unknown:
             hints = [difflib.get_close_matches(key, cls.__dataclass_fields__, n=1) for key in unknown]

@@ -345,6 +345,17 @@ LEGACY_KEY_MAPPING = {
 }
 
 
+def _forget_legacy_renames(model: PreTrainedModel) -> None:
+    """transformers keeps the renames a load used and reverts them in `save_pretrained` (to write the original
+    format). The old names are not a format to write again: a folder loaded through LEGACY_KEY_MAPPING is saved
+    with the current names."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [
+            c for c in conversions if not set(getattr(c, "source_patterns", ())) <= LEGACY_KEY_MAPPING.keys()
+        ]
+
+
 class VanillaTransformerPreTrainedModel(PreTrainedModel):
     config: VanillaTransformerConfig
     config_class = VanillaTransformerConfig
@@ -372,7 +383,9 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         """
         kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)
         if kwargs.get("output_loading_info") or "state_dict" in kwargs:
-            return super().from_pretrained(*args, **kwargs)
+            loaded = super().from_pretrained(*args, **kwargs)
+            _forget_legacy_renames(loaded[0] if isinstance(loaded, tuple) else loaded)
+            return loaded
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         try:
             # Loaded with ignore_mismatched_sizes=True so that the mismatches are reported by name below (the
@@ -400,6 +413,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in sorted(mismatched)[:10]
             )
             raise ValueError(f"Tensors have other shapes in the checkpoint than in the model: {described}.")
+        _forget_legacy_renames(model)
         return model
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:

@@ -39,9 +39,9 @@ def test_a_5000_token_input_works_with_sinusoids():
 def test_embeddings_are_one_matrix_scaled_by_sqrt_d_model():
     model = tiny_model()
     embedding = model.get_input_embeddings().weight
-    assert model.lm_head.weight is embedding and model.model.decoder.embed_tokens.weight is embedding
+    assert model.lm_head.weight is embedding and model.model.decoder.embeddings.embed_tokens.weight is embedding
     assert model.lm_head.bias is None
-    assert model.model.encoder.embed_scale == math.sqrt(32)
+    assert model.model.encoder.embeddings.scale == model.model.decoder.embeddings.scale == math.sqrt(32)
     assert embedding.std().item() == pytest.approx(32**-0.5, rel=0.1)
 
 
@@ -85,7 +85,8 @@ def test_eval_mode_is_deterministic_and_train_mode_is_not():
 
 
 def reference_transformer(model: VanillaTransformerForConditionalGeneration) -> nn.Transformer:
-    """torch.nn.Transformer (post-LN, ReLU, batch_first) without its final stack norms, with our weights copied in."""
+    """torch.nn.Transformer (ReLU, batch_first) with our weights copied in: post-LN without final stack norms (the
+    paper), or pre-LN with them (the `norm_first` deviation)."""
     config = model.config
     kwargs = dict(
         d_model=config.d_model,
@@ -95,19 +96,25 @@ def reference_transformer(model: VanillaTransformerForConditionalGeneration) -> 
         activation="relu",
         layer_norm_eps=config.layer_norm_eps,
         batch_first=True,
-        norm_first=False,
+        norm_first=config.norm_first,
     )
+    final_norm = (lambda: nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)) if config.norm_first else None
     encoder = nn.TransformerEncoder(
-        nn.TransformerEncoderLayer(**kwargs), config.encoder_layers, enable_nested_tensor=False
+        nn.TransformerEncoderLayer(**kwargs),
+        config.encoder_layers,
+        norm=final_norm and final_norm(),
+        enable_nested_tensor=False,
     )
-    decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**kwargs), config.decoder_layers)
+    decoder = nn.TransformerDecoder(
+        nn.TransformerDecoderLayer(**kwargs), config.decoder_layers, norm=final_norm and final_norm()
+    )
     reference = nn.Transformer(**kwargs, custom_encoder=encoder, custom_decoder=decoder).eval()
 
     def copy_attention(ours, theirs):
-        theirs.in_proj_weight.copy_(torch.cat([ours.w_q.weight, ours.w_k.weight, ours.w_v.weight]))
-        theirs.in_proj_bias.copy_(torch.cat([ours.w_q.bias, ours.w_k.bias, ours.w_v.bias]))
-        theirs.out_proj.weight.copy_(ours.w_o.weight)
-        theirs.out_proj.bias.copy_(ours.w_o.bias)
+        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.o_proj.weight)
+        theirs.out_proj.bias.copy_(ours.o_proj.bias)
 
     def copy_linear_or_norm(ours, theirs):
         theirs.weight.copy_(ours.weight)
@@ -117,29 +124,35 @@ def reference_transformer(model: VanillaTransformerForConditionalGeneration) -> 
         for ours, theirs in zip(model.model.encoder.layers, reference.encoder.layers, strict=True):
             copy_attention(ours.self_attn, theirs.self_attn)
             for a, b in [
-                (ours.ffn.w_1, theirs.linear1),
-                (ours.ffn.w_2, theirs.linear2),
-                (ours.self_attn_norm, theirs.norm1),
-                (ours.ffn_norm, theirs.norm2),
+                (ours.ffn.fc1, theirs.linear1),
+                (ours.ffn.fc2, theirs.linear2),
+                (ours.self_attn_residual.layer_norm, theirs.norm1),
+                (ours.ffn_residual.layer_norm, theirs.norm2),
             ]:
                 copy_linear_or_norm(a, b)
         for ours, theirs in zip(model.model.decoder.layers, reference.decoder.layers, strict=True):
             copy_attention(ours.self_attn, theirs.self_attn)
             copy_attention(ours.cross_attn, theirs.multihead_attn)
             for a, b in [
-                (ours.ffn.w_1, theirs.linear1),
-                (ours.ffn.w_2, theirs.linear2),
-                (ours.self_attn_norm, theirs.norm1),
-                (ours.cross_attn_norm, theirs.norm2),
-                (ours.ffn_norm, theirs.norm3),
+                (ours.ffn.fc1, theirs.linear1),
+                (ours.ffn.fc2, theirs.linear2),
+                (ours.self_attn_residual.layer_norm, theirs.norm1),
+                (ours.cross_attn_residual.layer_norm, theirs.norm2),
+                (ours.ffn_residual.layer_norm, theirs.norm3),
             ]:
                 copy_linear_or_norm(a, b)
+        if config.norm_first:
+            copy_linear_or_norm(model.model.encoder.final_norm, reference.encoder.norm)
+            copy_linear_or_norm(model.model.decoder.final_norm, reference.decoder.norm)
     return reference
 
 
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_numerical_parity_with_torch_nn_transformer(attn_implementation):
-    config = tiny_config(d_model=64, h=4, d_ff=128, encoder_layers=3, decoder_layers=2, layer_norm_eps=1e-5)
+def test_numerical_parity_with_torch_nn_transformer(attn_implementation, norm_first):
+    config = tiny_config(
+        d_model=64, h=4, d_ff=128, encoder_layers=3, decoder_layers=2, layer_norm_eps=1e-5, norm_first=norm_first
+    )
     torch.manual_seed(0)
     model = VanillaTransformerForConditionalGeneration._from_config(
         config, attn_implementation=attn_implementation
@@ -170,8 +183,8 @@ def test_numerical_parity_with_torch_nn_transformer(attn_implementation):
 def test_row_b_d_k_differs_from_d_v():
     model = tiny_model(d_k=4, d_v=12)
     attention = model.model.encoder.layers[0].self_attn
-    assert attention.w_q.weight.shape == (4 * 4, 32) and attention.w_v.weight.shape == (4 * 12, 32)
-    assert attention.w_o.weight.shape == (32, 4 * 12) and attention.scaling == 4**-0.5
+    assert attention.q_proj.weight.shape == (4 * 4, 32) and attention.v_proj.weight.shape == (4 * 12, 32)
+    assert attention.o_proj.weight.shape == (32, 4 * 12) and attention.scaling == 4**-0.5
     ids, mask, labels = random_batch()
     assert model(input_ids=ids, attention_mask=mask, labels=labels).logits.shape == (3, 7, 128)
 
@@ -197,7 +210,8 @@ def test_pre_ln_deviation_changes_the_output_and_adds_final_norms():
 
 def test_untied_embeddings_deviation():
     model = tiny_model(tie_word_embeddings=False)
-    e, d, o = model.model.encoder.embed_tokens.weight, model.model.decoder.embed_tokens.weight, model.lm_head.weight
+    e = model.model.encoder.embeddings.embed_tokens.weight
+    d, o = model.model.decoder.embeddings.embed_tokens.weight, model.lm_head.weight
     assert e is not d and e is not o and d is not o
 
 

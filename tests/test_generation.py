@@ -1,11 +1,13 @@
 """generate(): greedy, beam search with the paper's settings (§6.1), sampling, against uncached / unbatched runs."""
 
 import math
+import threading
 
 import pytest
 import torch
 from conftest import random_batch, tiny_model
 from transformers import GenerationConfig
+from transformers.generation import LogitsProcessor
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, gnmt_length_penalty
@@ -54,18 +56,44 @@ def test_cached_generation_equals_uncached_generation(num_beams, depths):
         torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-5, rtol=1e-5)
 
 
-def decoding_weights(model):
-    """What generate() swaps in for its duration: fused W^Q W^K W^V, and `forward`s of the decoder's linear layers."""
-    fused = [layer.self_attn.decoding_qkv for layer in model.model.decoder.layers]
-    swapped = [name for name, module in model.named_modules() if "forward" in vars(module)]
-    return fused + swapped
+def module_state(model):
+    """Every module's own attributes (not its parameters, buffers or children), by identity of the values."""
+    return {name: {k: id(v) for k, v in vars(module).items()} for name, module in model.named_modules()}
 
 
-def test_decoding_weights_match_the_plain_path_and_go_away_after_generate():
+class Probe(LogitsProcessor):
+    """A logits processor that runs `callback(step)` at every decoding step, inside generate()."""
+
+    def __init__(self, callback):
+        self.callback, self.step = callback, 0
+
+    def __call__(self, input_ids, scores):
+        self.callback(self.step)
+        self.step += 1
+        return scores
+
+
+def test_generate_writes_no_state_into_the_modules_and_replaces_no_forward():
+    model = tiny_model(seed=4)
+    ids, mask, _ = random_batch(batch=2)
+    before = module_state(model)
+    during = []
+    for num_beams in (1, 4):
+        probe = Probe(lambda step: during.append(module_state(model)) if step == 2 else None)
+        out = model.generate(
+            ids, attention_mask=mask, num_beams=num_beams, min_new_tokens=5, max_new_tokens=5, logits_processor=[probe]
+        )
+        assert out.shape[1] == 6
+    assert len(during) == 2 and all(state == before for state in during)
+    assert module_state(model) == before
+    assert not [name for name, module in model.named_modules() if "forward" in vars(module)]
+
+
+def test_logits_of_generate_equal_plain_forwards_and_follow_weights_changed_between_calls():
     model = tiny_model(seed=4)
     ids, mask, _ = random_batch(batch=2)
 
-    def check_against_plain_forwards():
+    def generated_logits_against_plain_forwards():
         out = model.generate(
             ids,
             attention_mask=mask,
@@ -75,21 +103,29 @@ def test_decoding_weights_match_the_plain_path_and_go_away_after_generate():
             output_logits=True,
             return_dict_in_generate=True,
         )
-        assert decoding_weights(model) == [None] * model.config.decoder_layers
         plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=out.sequences[:, :-1], use_cache=False)
         torch.testing.assert_close(torch.stack(out.logits, dim=1), plain.logits, atol=1e-5, rtol=1e-5)
         return out.logits[0]
 
-    before = check_against_plain_forwards()
-    # They are dropped when generate fails too (here in the library's own argument check).
-    with pytest.raises(ValueError, match="num_return_sequences"):
-        model.generate(ids, num_beams=2, num_return_sequences=3, max_new_tokens=3)
-    assert decoding_weights(model) == [None] * model.config.decoder_layers
-    # Weights changed in place between calls are what the next call uses (the copies are made per call).
+    before = generated_logits_against_plain_forwards()
     with torch.no_grad():
         model.lm_head.weight.mul_(-1.0)
-        model.model.decoder.layers[0].self_attn.w_k.weight.mul_(2.0)
-    assert not torch.allclose(check_against_plain_forwards(), before)
+        model.model.decoder.layers[0].self_attn.k_proj.weight.mul_(2.0)
+    assert not torch.allclose(generated_logits_against_plain_forwards(), before)
+
+
+def test_ids_are_checked_once_per_call_not_per_step(monkeypatch):
+    from hf_vanilla_transformer import modeling_vanilla_transformer as modeling
+
+    calls = []
+    real = modeling.check_input_ids
+    monkeypatch.setattr(
+        modeling, "check_input_ids", lambda ids, vocab, name: (calls.append(name), real(ids, vocab, name))
+    )
+    model = tiny_model()
+    ids, mask, _ = random_batch(batch=2)
+    model.generate(ids, attention_mask=mask, num_beams=4, min_new_tokens=10, max_new_tokens=10)
+    assert calls == ["input_ids", "decoder_input_ids"]
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -228,34 +264,8 @@ def test_a_default_max_length_in_the_generation_config_does_not_cut_the_paper_li
     assert out[0, 1:].tolist().index(EOS) == 9 + 50
 
 
-def test_decoding_linear_layouts_equal_nn_linear():
-    """Each weight layout generate() may use (oneDNN packed, transposed, plain) against nn.Linear, 1 to 33 rows."""
-    from hf_vanilla_transformer.modeling_vanilla_transformer import DecodingLinear, _onednn_linear_available
-
-    generator = torch.Generator().manual_seed(0)
-    linear = torch.nn.Linear(64, 4096)  # 2^18 elements: the smallest size that gets a new layout
-    layouts = {"chosen": DecodingLinear(linear.weight, linear.bias)}
-    assert (layouts["chosen"].packed is not None) == _onednn_linear_available()
-    small = DecodingLinear(torch.nn.Linear(64, 300).weight, None)
-    assert small.packed is None and small.weight_t is None  # small matrices are not copied
-    transposed = DecodingLinear(linear.weight, linear.bias)
-    transposed.packed, transposed.weight_t = None, linear.weight.detach().t().contiguous()
-    plain = DecodingLinear(linear.weight, linear.bias)
-    plain.packed, plain.weight_t = None, None
-    layouts.update(transposed=transposed, plain=plain)
-    with torch.no_grad():
-        for rows in (1, 4, 33):
-            x = torch.randn(rows, 1, 64, generator=generator)
-            for name, layout in layouts.items():
-                torch.testing.assert_close(layout(x), linear(x), atol=1e-5, rtol=1e-5, msg=f"{name}, {rows} rows")
-            # Inputs of another dtype (bf16 under autocast) take nn.Linear's path with the original weight.
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                torch.testing.assert_close(layouts["chosen"](x.bfloat16()), linear(x.bfloat16()))
-
-
 def test_generate_from_two_threads_at_once_equals_one_at_a_time():
-    """generate() swaps weights in and out of shared modules; calls overlapping in two threads must still decode
-    exactly what each decodes alone."""
+    """Calls overlapping in two threads on one model decode exactly what each decodes alone."""
     from concurrent.futures import ThreadPoolExecutor
 
     model = tiny_model(seed=7)
@@ -267,4 +277,80 @@ def test_generate_from_two_threads_at_once_equals_one_at_a_time():
         )
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(a, b)
-    assert decoding_weights(model) == [None] * model.config.decoder_layers
+
+
+def test_two_threads_with_different_length_penalty_types_each_get_their_own():
+    """The penalty type travels in each call's own generation config: two calls in lockstep (a barrier at each of
+    their first steps) with "gnmt" and "transformers" pick the hypotheses each picks alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = ScriptedModel(tiny_model().config).eval()
+    barrier = threading.Barrier(2, timeout=60)
+    common = dict(
+        num_beams=4, length_penalty=0.6, early_stopping="never", max_new_tokens=6, use_cache=False,
+        max_new_tokens_over_source=None,
+    )  # fmt: skip
+
+    def run(penalty_type):
+        in_step = Probe(lambda step: barrier.wait() if step < 2 else None)  # both calls are inside generate together
+        return model.generate(
+            torch.tensor([[7, 8, 9]]), length_penalty_type=penalty_type, logits_processor=[in_step], **common
+        )[0].tolist()
+
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            gnmt, library = pool.map(run, ["gnmt", "transformers"])
+        assert gnmt == [1, 4, EOS] and library == [1, 5, 5, 5, EOS]
+    assert model.generation_config.length_penalty_type == "gnmt" and model.generation_config.length_penalty == 0.6
+    assert type(model.generation_config.length_penalty) is float
+
+
+# The library's private beam-search methods overridden for the GNMT penalty, as the installed transformers defines
+# them. A change there must fail here, not silently change the scores.
+PINNED_PRIVATE_SIGNATURES = {
+    "_prepare_generation_config": (
+        "(self: 'GenerativePreTrainedModel', generation_config: transformers.generation.configuration_utils."
+        "GenerationConfig | None, **kwargs: Any) -> tuple[transformers.generation.configuration_utils.GenerationConfig,"
+        " dict]"
+    ),
+    "_update_finished_beams": (
+        "(self, sequences: torch.Tensor, topk_running_sequences: torch.Tensor, beam_scores: torch.Tensor, "
+        "topk_log_probs: torch.Tensor, beam_indices: torch.Tensor, topk_running_beam_indices: torch.Tensor, "
+        "is_early_stop_heuristic_unsatisfied: torch.Tensor, is_sent_finished: torch.Tensor, "
+        "next_token_hits_stopping_criteria: torch.Tensor, top_num_beam_mask: torch.Tensor, num_beams: int, "
+        "cur_len: int, decoder_prompt_len: int, length_penalty: float, early_stopping: bool | str) -> "
+        "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]"
+    ),
+    "_check_early_stop_heuristic": (
+        "(is_early_stop_heuristic_unsatisfied: torch.Tensor, running_beam_scores: torch.Tensor, "
+        "beam_scores: torch.Tensor, is_sent_finished: torch.Tensor, cur_len: int, max_length: int, "
+        "decoder_prompt_len: int, early_stopping: bool | str, length_penalty: float)"
+    ),
+}
+
+
+def test_the_overridden_private_generation_methods_are_pinned_to_the_installed_transformers():
+    import inspect
+    import re
+
+    from transformers import GenerationMixin
+
+    from hf_vanilla_transformer.generation_vanilla_transformer import VanillaTransformerGenerationMixin
+
+    overridden = {name for name in vars(VanillaTransformerGenerationMixin) if name.startswith("_")} - {
+        "__module__", "__doc__", "__qualname__", "__firstlineno__", "__static_attributes__",
+        "_generation_option", "_source_lengths",  # our own helpers, not the library's
+    }  # fmt: skip
+    assert overridden == set(PINNED_PRIVATE_SIGNATURES)  # an override added later must be pinned here too
+    for name, expected in PINNED_PRIVATE_SIGNATURES.items():
+        assert str(inspect.signature(getattr(GenerationMixin, name))) == expected, name
+    assert isinstance(inspect.getattr_static(GenerationMixin, "_check_early_stop_heuristic"), staticmethod)
+    # The beam search takes length_penalty from the call's generation config (which carries the GNMT marker) and
+    # hands it to both hooks by keyword (the overrides are keyword-only).
+    source = inspect.getsource(GenerationMixin._beam_search)
+    assert "length_penalty = generation_config.length_penalty" in source
+    for hook in ("_update_finished_beams", "_check_early_stop_heuristic"):
+        call = re.search(rf"self\.{hook}\((.*?)\n\s*\)", source, re.S)
+        assert call is not None, hook
+        arguments = [a.strip() for a in call.group(1).split(",") if a.strip()]
+        assert all("=" in a for a in arguments) and "length_penalty=length_penalty" in arguments, hook

@@ -121,7 +121,7 @@ def test_resize_token_embeddings_keeps_the_three_way_tie():
     model.resize_token_embeddings(140)
     embedding = model.get_input_embeddings().weight
     assert embedding.shape == (140, 32) and model.config.vocab_size == 140
-    assert model.lm_head.weight is embedding and model.model.decoder.embed_tokens.weight is embedding
+    assert model.lm_head.weight is embedding and model.model.decoder.embeddings.embed_tokens.weight is embedding
     torch.testing.assert_close(embedding[:128], old)
     out = model(input_ids=torch.tensor([[139, 5]]), labels=torch.tensor([[139, 6]]))
     assert out.logits.shape == (1, 2, 140)
@@ -160,7 +160,7 @@ def test_loss_label_smoothing_and_num_items_in_batch():
 def test_the_fused_loss_equals_torch_cross_entropy(dtype, epsilon, monkeypatch):
     """LabelSmoothedCrossEntropy (no log-probabilities kept, blocks of rows) against F.cross_entropy: value and
     gradient, with ignored rows, over several blocks."""
-    from hf_vanilla_transformer.modeling_vanilla_transformer import LabelSmoothedCrossEntropy
+    from hf_vanilla_transformer.loss_vanilla_transformer import LabelSmoothedCrossEntropy
 
     generator = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(300, 1000, generator=generator)).to(dtype).requires_grad_()
@@ -251,3 +251,23 @@ def test_flex_attention_equals_eager():
         results[implementation] = (logits, model.generate(ids, attention_mask=mask, num_beams=1, max_new_tokens=6))
     torch.testing.assert_close(results["eager"][0], results["flex_attention"][0], atol=1e-5, rtol=1e-5)
     assert torch.equal(results["eager"][1], results["flex_attention"][1])
+
+
+def test_the_loss_is_the_librarys_loss_function_hook_and_can_be_replaced():
+    from hf_vanilla_transformer import label_smoothed_cross_entropy
+
+    model = tiny_model(label_smoothing=0.1)
+    ids, mask, labels = random_batch()
+    assert model.loss_function is label_smoothed_cross_entropy
+    seen = {}
+
+    def plain_cross_entropy(logits, labels, vocab_size=None, num_items_in_batch=None, **kwargs):
+        seen.update(kwargs, vocab_size=vocab_size)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    model.loss_function = plain_cross_entropy
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    reference = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.loss, reference)  # no label smoothing: the replacement ran, not §5.4's loss
+    assert seen == {"label_smoothing": 0.1, "vocab_size": 128}  # the hook is told the config's smoothing
+    assert tiny_model().loss_function is label_smoothed_cross_entropy  # per model, not per class

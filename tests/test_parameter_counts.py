@@ -16,6 +16,7 @@ from hf_vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
     paper_parameter_count,
+    small_config,
 )
 
 
@@ -32,7 +33,7 @@ def count(config, cls=VanillaTransformerForConditionalGeneration) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields the tied matrix once
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if n != "tiny"])
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_every_table_3_row_matches_the_formula(name):
     config = VanillaTransformerConfig.from_preset(name, vocab_size=PAPER_VOCAB_SIZE)
     expected = formula(
@@ -61,7 +62,7 @@ def test_base_and_big_exact_counts():
 
 
 def test_untied_and_pre_ln_counts_follow_the_formula():
-    untied = VanillaTransformerConfig.from_preset("tiny", tie_word_embeddings=False)
+    untied = small_config("tiny", tie_word_embeddings=False)
     assert count(untied) == paper_parameter_count(untied) == formula(2, 2, 32, 64, 4, 8, 8, 128) + 2 * 128 * 32
-    pre_ln = VanillaTransformerConfig.from_preset("tiny", norm_first=True)
+    pre_ln = small_config("tiny", norm_first=True)
     assert count(pre_ln) == paper_parameter_count(pre_ln) == formula(2, 2, 32, 64, 4, 8, 8, 128) + 2 * 2 * 32

@@ -1,0 +1,131 @@
+"""Export and compilation: torch.export with dynamic lengths, ONNX (dynamo exporter) in ONNX Runtime,
+torch.compile(fullgraph=True), and generate() with the static cache and a compiled decoding step, each against
+the eager model at lengths the graph was not traced with."""
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from torch.export import Dim
+from transformers import CompileConfig
+
+from hf_vanilla_transformer.generation_vanilla_transformer import SourceLengthLimitLogitsProcessor
+
+
+class LogitsOnly(torch.nn.Module):
+    """forward(input_ids, attention_mask, decoder_input_ids) -> logits, without a cache: the exported signature."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
+        ).logits
+
+
+def traced_and_new_inputs():
+    """The inputs the graph is traced with, and inputs of other batch size, source length and target length."""
+    traced = random_batch(batch=2, source=7, target=5, seed=0)
+    new = random_batch(batch=3, source=13, target=9, seed=1)
+    return [(ids, mask, labels) for ids, mask, labels in (traced, new)]
+
+
+DYNAMIC = {
+    "input_ids": {0: Dim("batch", max=256), 1: Dim("source", min=2, max=1024)},
+    "attention_mask": {0: Dim("batch", max=256), 1: Dim("source", min=2, max=1024)},
+    "decoder_input_ids": {0: Dim("batch", max=256), 1: Dim("target", min=2, max=1024)},
+}
+
+
+def eager_logits(model, ids, mask, decoder_ids):
+    with torch.no_grad():
+        return LogitsOnly(model)(ids, mask, decoder_ids)
+
+
+@pytest.mark.slow
+def test_torch_export_with_dynamic_lengths_matches_eager_at_other_lengths():
+    model = tiny_model(seed=1)
+    (ids, mask, dec), (new_ids, new_mask, new_dec) = traced_and_new_inputs()
+    exported = torch.export.export(LogitsOnly(model), (ids, mask, dec), dynamic_shapes=DYNAMIC)
+    for inputs in ((ids, mask, dec), (new_ids, new_mask, new_dec)):
+        torch.testing.assert_close(exported.module()(*inputs), eager_logits(model, *inputs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_export_runs_in_onnx_runtime_like_eager_at_other_lengths(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = tiny_model(seed=2)
+    (ids, mask, dec), (new_ids, new_mask, new_dec) = traced_and_new_inputs()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(LogitsOnly(model), (ids, mask, dec), path, dynamo=True, dynamic_shapes=DYNAMIC)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert names == ["input_ids", "attention_mask", "decoder_input_ids"]
+    (logits,) = session.run(None, dict(zip(names, (new_ids.numpy(), new_mask.numpy(), new_dec.numpy()), strict=True)))
+    assert logits.shape == (3, 9, model.config.vocab_size)
+    torch.testing.assert_close(
+        torch.from_numpy(logits), eager_logits(model, new_ids, new_mask, new_dec), atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_with_dynamic_shapes_matches_eager():
+    torch._dynamo.reset()
+    model = tiny_model(seed=3)
+    compiled = torch.compile(LogitsOnly(model), fullgraph=True, dynamic=True)
+    for ids, mask, dec in traced_and_new_inputs():
+        with torch.no_grad():
+            torch.testing.assert_close(
+                compiled(ids, mask, dec), eager_logits(model, ids, mask, dec), atol=1e-5, rtol=1e-5
+            )
+
+
+def test_ids_outside_the_vocabulary_still_raise_in_eager_mode():
+    model = tiny_model()
+    ids, mask, dec = random_batch()
+    ids[1, 2] = model.config.vocab_size + 7
+    with pytest.raises(ValueError, match=rf"input_ids contains token id {model.config.vocab_size + 7}, outside"):
+        LogitsOnly(model)(ids, mask, dec)
+
+
+def test_the_source_length_limit_processor_has_no_host_synchronisation():
+    """The per-step processor compiles to one graph (a `bool(tensor)` or `.item()` would break it) and equals eager."""
+    torch._dynamo.reset()
+    processor = SourceLengthLimitLogitsProcessor(torch.tensor([3, 5]), eos_token_id=2)
+    compiled = torch.compile(processor.__call__, fullgraph=True)
+    scores = torch.randn(8, 11)  # 2 sentences x 4 beams
+    for length in (3, 4, 6, 7):
+        ids = torch.ones(8, length, dtype=torch.long)
+        expected = processor(ids, scores)
+        torch.testing.assert_close(compiled(ids, scores), expected)
+        assert (expected[:4].argmax(-1) == 2).all() == (length - 1 >= 3)
+        assert (expected[4:].argmax(-1) == 2).all() == (length - 1 >= 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_static_cache_and_compiled_decoding_step_equal_the_dynamic_cache(num_beams):
+    """The library's route to decoding speed: cache_implementation="static", with the auto-compiled forward
+    (`_can_compile_fullgraph`) on CPU too. Same tokens, same scores as the dynamic cache, and for greedy/sampling (the
+    installed transformers compiles the step of `_sample` only, not of beam search) graphs without breaks."""
+    from torch._dynamo.utils import counters
+    from transformers import StaticCache
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model(seed=5)
+    ids, mask, _ = random_batch(batch=2, source=9)
+    kwargs = dict(
+        attention_mask=mask, num_beams=num_beams, max_new_tokens=12, return_dict_in_generate=True, output_scores=True
+    )
+    dynamic = model.generate(ids, **kwargs)
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True  # the library compiles on CUDA only unless told
+    static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
+    assert isinstance(static.past_key_values.self_attention_cache, StaticCache)
+    if num_beams == 1:
+        assert counters["stats"]["unique_graphs"] >= 1  # the decoding step was compiled
+    assert not counters["graph_break"]
+    torch.testing.assert_close(static.sequences, dynamic.sequences)
+    torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), atol=1e-5, rtol=1e-5)
