@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import io
 import json
@@ -45,6 +46,7 @@ from hf_vanilla_transformer import (  # noqa: E402
     VanillaTransformerForConditionalGeneration,
     any_config,
 )
+from hf_vanilla_transformer.cpu_decoding import pack_for_cpu_decoding  # noqa: E402
 
 SIZES = {
     "base": {"preset": "base", "vocab_size": 37000},  # Table 3 base, the paper's shared BPE vocabulary
@@ -264,10 +266,14 @@ def baseline_model(revision: str, ours: VanillaTransformerForConditionalGenerati
 
 
 class Decoders:
-    """generate() of this model and of the Marian twin, and CTranslate2's translate_batch, on the same weights."""
+    """generate() of this model (as it is, and with the opt-in `pack_for_cpu_decoding`), of the Marian twin and of
+    the --baseline revision, and CTranslate2's translate_batch, all on the same weights."""
 
     def __init__(self, config, log, baseline: str | None = None):
         self.ours = build_ours(config).eval()
+        self.packed = copy.deepcopy(self.ours)
+        if not pack_for_cpu_decoding(self.packed):
+            self.packed = None
         self.marian = marian_twin(self.ours)
         self.before = baseline_model(baseline, self.ours) if baseline else None
         self.translator, self.tokens, self.ct2_missing = None, None, None
@@ -285,8 +291,12 @@ class Decoders:
         )  # fmt: skip
 
     def names(self) -> list[str]:
+        packed = ["ours+packed"] if self.packed is not None else []
         before = ["before"] if self.before is not None else []
-        return ["ours", "marian", *before] + (["ctranslate2"] if self.translator is not None else [])
+        return ["ours", *packed, "marian", *before] + (["ctranslate2"] if self.translator is not None else [])
+
+    def models(self) -> dict[str, torch.nn.Module]:
+        return {"ours": self.ours, "ours+packed": self.packed, "before": self.before}
 
     def run(self, name: str, input_ids: torch.Tensor, beams: int, new_tokens: int, **kwargs) -> list[list[int]]:
         # Every output exactly `new_tokens` long: generate() without an end-of-sentence token (min_new_tokens would
@@ -294,9 +304,9 @@ class Decoders:
         # CTranslate2 with its own minimum length.
         common = {"num_beams": beams, "max_new_tokens": new_tokens, "eos_token_id": None, "do_sample": False}
         with torch.inference_mode():
-            if name in ("ours", "before"):
+            if name in ("ours", "ours+packed", "before"):
                 # The paper's decoding settings (GNMT penalty, early_stopping="never") with a fixed output length.
-                model = self.ours if name == "ours" else self.before
+                model = self.models()[name]
                 out = model.generate(input_ids, max_new_tokens_over_source=None, **common, **kwargs)
                 return out[:, 1:].tolist()
             if name == "marian":
@@ -357,7 +367,7 @@ def measure_step_times(decoders: Decoders, config, length: int, rounds: int) -> 
         4, config.vocab_size, (1, DECODE_SOURCE_LENGTH), generator=torch.Generator().manual_seed(1)
     )
     per_step = {}
-    for name in ("ours", "marian"):
+    for name in [n for n in decoders.names() if n in ("ours", "ours+packed", "marian")]:
         runs = []
         for _ in range(rounds):
             clock = StepClock()
@@ -379,6 +389,9 @@ TARGETS = {  # issue 5, at base size: ours / other at least this (peak memory: o
     "greedy vs marian": 1.25,
     "greedy vs ctranslate2": 1.0,
     "beam-4 vs marian": 1.6,
+    # issue 10: the opt-in CPU layout keeps decoding within 5% of the code before the restructure (or faster)
+    "greedy, ours+packed vs before": 0.95,
+    "beam-4, ours+packed vs before": 0.95,
 }
 
 
@@ -393,11 +406,15 @@ def compute_ratios(training, memory, decoding, step_times, decoders, peaks) -> d
         ratios[f"peak memory {dtype} vs marian"] = memory[("ours", dtype)] / memory[("marian", dtype)]
     for batch_size in sorted({key[1] for key in decoding}):
         for beams, label in ((1, "greedy"), (4, "beam-4")):
-            ours = decoding[("ours", batch_size, beams)]["tokens_per_s"]
-            for other in decoders.names()[1:]:
-                ratios[f"{label} vs {other} (batch {batch_size})"] = (
-                    ours / decoding[(other, batch_size, beams)]["tokens_per_s"]
-                )
+            for mine, prefix in (("ours", label), ("ours+packed", f"{label}, ours+packed")):
+                if (mine, batch_size, beams) not in decoding:
+                    continue
+                ours = decoding[(mine, batch_size, beams)]["tokens_per_s"]
+                for other in decoders.names():
+                    if other not in ("ours", "ours+packed"):
+                        ratios[f"{prefix} vs {other} (batch {batch_size})"] = (
+                            ours / decoding[(other, batch_size, beams)]["tokens_per_s"]
+                        )
     if step_times:
         ratios["decoding step time, late / early"] = late_over_early(step_times["ours"])
     return ratios
@@ -440,21 +457,25 @@ def report(size, peaks, training, memory, decoding, step_times, decoders, new_to
         lines.append("")
     if decoding:
         names = decoders.names()
+        mine = [n for n in names if n in ("ours", "ours+packed")]
+        pairs = [(a, b) for a in mine for b in names if b not in mine]
         lines += [
             f"Decoding: new tokens per second (median), every output {new_tokens} tokens long, sources of "
-            f"{DECODE_SOURCE_LENGTH} tokens; this model with the paper's beam settings (GNMT penalty).",
+            f"{DECODE_SOURCE_LENGTH} tokens; this model with the paper's beam settings (GNMT penalty). "
+            "ours+packed: the same model after the opt-in `pack_for_cpu_decoding`"
+            + ("; before: this package at the --baseline revision." if "before" in names else "."),
             "",
-            "| batch | search | " + " | ".join(names) + " | " + " | ".join(f"ours / {n}" for n in names[1:]) + " |",
-            "|---:|---|" + "---:|" * (2 * len(names) - 1),
+            "| batch | search | " + " | ".join(names) + " | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |",
+            "|---:|---|" + "---:|" * (len(names) + len(pairs)),
         ]
         for batch_size in sorted({key[1] for key in decoding}):
             for beams in (1, 4):
-                speeds = [decoding[(name, batch_size, beams)]["tokens_per_s"] for name in names]
+                speed = {name: decoding[(name, batch_size, beams)]["tokens_per_s"] for name in names}
                 lines.append(
                     f"| {batch_size} | {'greedy' if beams == 1 else 'beam 4'} | "
-                    + " | ".join(f"{v:.1f}" for v in speeds)
+                    + " | ".join(f"{speed[n]:.1f}" for n in names)
                     + " | "
-                    + " | ".join(f"{speeds[0] / v:.2f}" for v in speeds[1:])
+                    + " | ".join(f"{speed[a] / speed[b]:.2f}" for a, b in pairs)
                     + " |"
                 )
         if decoders.ct2_missing:
@@ -492,7 +513,7 @@ def plot(results: dict, path: Path) -> None:
 
     sizes = list(results)
     figure, axes = plt.subplots(len(sizes), 3, figsize=(17, 4.4 * len(sizes)), squeeze=False)
-    width = 0.27
+    width = 0.8 / max(3, len(next(iter(results.values()))["decoder_names"]))
     for row, size in enumerate(sizes):
         data = results[size]
         training, decoding, step_times = data["training"], data["decoding"], data["step_times"]

@@ -1,0 +1,101 @@
+"""The opt-in CPU layout (hf_vanilla_transformer.cpu_decoding) against the plain nn.Linear model: same logits, same
+tokens, same parameters and ties, weights changed in place picked up, training untouched, and undone cleanly."""
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from torch import nn
+
+from hf_vanilla_transformer.cpu_decoding import (
+    PackedLinear,
+    onednn_packed_linear_available,
+    pack_for_cpu_decoding,
+    unpack_cpu_decoding,
+)
+
+pytestmark = pytest.mark.skipif(not onednn_packed_linear_available(), reason="torch without oneDNN's packed ops")
+
+
+def packed_pair(seed=0):
+    plain, packed = tiny_model(seed=seed), tiny_model(seed=seed)
+    names = pack_for_cpu_decoding(packed, min_elements=0)  # the tiny model's matrices are all below the default
+    return plain, packed, names
+
+
+def test_only_the_decoder_and_the_output_projection_are_swapped_and_share_their_parameters():
+    model = tiny_model()
+    parameters = dict(model.named_parameters())
+    names = pack_for_cpu_decoding(model, min_elements=0)
+    config = model.config
+    assert len(names) == config.decoder_layers * (4 + 4 + 2) + 1 and "lm_head" in names
+    assert all(".decoder." in f".{n}" or n == "lm_head" for n in names)
+    assert all(type(model.get_submodule(n)) is PackedLinear for n in names)
+    assert type(model.model.encoder.layers[0].self_attn.q_proj) is nn.Linear
+    assert dict(model.named_parameters()) == parameters  # the same Parameter objects, names unchanged
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # the tie holds
+    # The default threshold skips small matrices.
+    assert pack_for_cpu_decoding(tiny_model()) == []
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_packed_generate_equals_the_plain_model(num_beams):
+    plain, packed, _ = packed_pair(seed=3)
+    ids, mask, _ = random_batch(batch=3)
+    kwargs = dict(
+        attention_mask=mask, num_beams=num_beams, max_new_tokens=10, return_dict_in_generate=True, output_scores=True
+    )
+    a, b = plain.generate(ids, **kwargs), packed.generate(ids, **kwargs)
+    torch.testing.assert_close(b.sequences, a.sequences)
+    torch.testing.assert_close(torch.stack(b.scores), torch.stack(a.scores), atol=1e-5, rtol=1e-5)
+
+
+def test_a_weight_changed_in_place_is_used_at_the_next_call():
+    plain, packed, _ = packed_pair(seed=4)
+    ids, mask, dec = random_batch()
+    with torch.no_grad():
+        before = packed(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        for model in (plain, packed):
+            model.model.decoder.layers[1].ffn.fc2.weight.mul_(-3.0)
+            model.lm_head.weight.add_(0.5)
+        after = packed(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        reference = plain(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_training_through_a_packed_model_is_the_plain_models():
+    plain, packed, _ = packed_pair(seed=5)
+    ids, mask, labels = random_batch()
+    losses = []
+    for model in (plain, packed):
+        model.train()
+        torch.manual_seed(0)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        losses.append((loss.detach(), model.model.decoder.layers[0].self_attn.q_proj.weight.grad))
+    torch.testing.assert_close(losses[1][0], losses[0][0])
+    torch.testing.assert_close(losses[1][1], losses[0][1])
+
+
+def test_saving_a_packed_model_writes_what_the_plain_one_writes(tmp_path):
+    from safetensors.torch import load_file
+
+    plain, packed, _ = packed_pair(seed=6)
+    plain.save_pretrained(tmp_path / "plain")
+    packed.save_pretrained(tmp_path / "packed")
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "packed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unpack_restores_nn_linear_with_the_same_parameters():
+    model = tiny_model()
+    parameters = dict(model.named_parameters())
+    names = pack_for_cpu_decoding(model, min_elements=0)
+    assert sorted(unpack_cpu_decoding(model)) == sorted(names)
+    assert not [m for m in model.modules() if type(m) is PackedLinear]
+    assert dict(model.named_parameters()) == parameters
+
+
+def test_bad_threshold_is_refused():
+    with pytest.raises(ValueError, match=r"min_elements=-1 is invalid: expected an integer >= 0"):
+        pack_for_cpu_decoding(tiny_model(), min_elements=-1)
