@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict:
         del decoders
 
     header = [
-        f"Measured by `python benchmarks/speed.py` on {machine}; matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"Measured by `{' '.join(['python benchmarks/speed.py', *(sys.argv[1:] if argv is None else argv)])}` on {machine}; matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s. {args.rounds} alternating rounds, medians.",
         "",
     ]
