@@ -6,12 +6,14 @@ generation and loss) and an `auto_map`, so the saved folder loads where this pac
 
 Files: `configuration_vanilla_transformer` (the config, Table 3 presets), `modeling_vanilla_transformer` (the paper's
 model), `generation_vanilla_transformer` (§6.1 decoding), `loss_vanilla_transformer` (§5.4 loss), `paper` (what the
-paper reports, and the small non-paper sizes), `translation` (the translate command).
+paper reports, and the small non-paper sizes), `cpu_decoding` (an opt-in weight layout for faster decoding on CPU),
+`translation` (the translate command).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
+from .cpu_decoding import pack_for_cpu_decoding, unpack_cpu_decoding
 from .generation_vanilla_transformer import (
     GNMTLengthPenalty,
     SourceLengthLimitLogitsProcessor,
@@ -58,6 +60,8 @@ __all__ = [
     "TABLE3_REPORTED",
     "SourceLengthLimitLogitsProcessor",
     "VanillaTransformerConfig",
+    "pack_for_cpu_decoding",
+    "unpack_cpu_decoding",
     "VanillaTransformerForConditionalGeneration",
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",

@@ -58,3 +58,30 @@ def test_the_speed_script_runs_and_reports_every_contender(tmp_path):
     assert ratios == result["ratios"]["tiny"]
     expected = {"train fp32 vs marian", "peak memory fp32 vs marian", "greedy vs ctranslate2 (batch 2)"}
     assert expected <= set(ratios) and all(math.isfinite(v) and v > 0 for v in ratios.values())
+
+
+def test_the_before_contender_is_the_old_code_with_the_same_weights():
+    """speed.py --baseline REV imports the package as it was at REV (here the last revision before the module
+    renames of issue 10) and loads this model's weights into it: it must compute the same function."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    revision = "432d187"
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", revision], capture_output=True).returncode != 0:
+        import pytest
+
+        pytest.skip(f"revision {revision} is not in this checkout (a shallow clone)")
+    model = tiny_model(seed=8).eval()
+    before = speed.baseline_model(revision, model)
+    assert type(before).__module__.startswith("hf_vanilla_transformer_baseline")
+    assert any(".w_q." in name for name in before.state_dict())  # really the old code
+    ids, mask, labels = random_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            before(input_ids=ids, attention_mask=mask, labels=labels).logits,
+            model(input_ids=ids, attention_mask=mask, labels=labels).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    kwargs = dict(attention_mask=mask, num_beams=4, max_new_tokens=8)
+    assert torch.equal(before.generate(ids, **kwargs), model.generate(ids, **kwargs))
