@@ -265,11 +265,15 @@ def baseline_model(revision: str, ours: VanillaTransformerForConditionalGenerati
     return model
 
 
+DECODERS = ("ours", "ours+packed", "marian", "before", "ctranslate2")
+
+
 class Decoders:
     """generate() of this model (as it is, and with the opt-in `pack_for_cpu_decoding`), of the Marian twin and of
     the --baseline revision, and CTranslate2's translate_batch, all on the same weights."""
 
-    def __init__(self, config, log, baseline: str | None = None):
+    def __init__(self, config, log, baseline: str | None = None, only: list[str] | None = None):
+        self.only = only
         self.ours = build_ours(config).eval()
         self.packed = copy.deepcopy(self.ours)
         if not pack_for_cpu_decoding(self.packed):
@@ -293,7 +297,8 @@ class Decoders:
     def names(self) -> list[str]:
         packed = ["ours+packed"] if self.packed is not None else []
         before = ["before"] if self.before is not None else []
-        return ["ours", *packed, "marian", *before] + (["ctranslate2"] if self.translator is not None else [])
+        names = ["ours", *packed, "marian", *before] + (["ctranslate2"] if self.translator is not None else [])
+        return [name for name in names if not self.only or name in self.only]
 
     def models(self) -> dict[str, torch.nn.Module]:
         return {"ours": self.ours, "ours+packed": self.packed, "before": self.before}
@@ -416,7 +421,7 @@ def compute_ratios(training, memory, decoding, step_times, decoders, peaks) -> d
                             ours / decoding[(other, batch_size, beams)]["tokens_per_s"]
                         )
     if step_times:
-        ratios["decoding step time, late / early"] = late_over_early(step_times["ours"])
+        ratios["decoding step time, late / early"] = late_over_early(next(iter(step_times.values())))
     return ratios
 
 
@@ -483,7 +488,7 @@ def report(size, peaks, training, memory, decoding, step_times, decoders, new_to
         lines.append("")
     if step_times:
         lines += [
-            f"Time per greedy decoding step at batch 1 over a {len(step_times['ours']) + 1}-token output (medians of "
+            f"Time per greedy decoding step at batch 1 over a {len(next(iter(step_times.values()))) + 1}-token output (medians of "
             "steps 2-33 and of the last 32 steps):",
             "",
             "| contender | early steps (ms) | late steps (ms) | late / early |",
@@ -620,6 +625,12 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="REV",
         help="also decode with this package as it was at git revision REV (contender 'before', same weights)",
     )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=DECODERS,
+        help="decode only with these (an A/B of two with more --rounds is less exposed to a noisy machine)",
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     if args.profile:
@@ -650,7 +661,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for dtype in args.dtypes:
                     memory[(name, dtype)] = peak_training_memory(size, name, dtype)
                     log(f"  peak memory {dtype:4s} {name:15s} {memory[(name, dtype)] / 2**20:8.0f} MiB")
-        decoders = Decoders(config, log, args.baseline)
+        decoders = Decoders(config, log, args.baseline, args.contenders)
         if "decode" in args.parts:
             log(f"[speed] {size}: decoding")
             decoding = measure_decoding(decoders, config, args.batches, args.rounds, args.new_tokens, log)
