@@ -44,6 +44,7 @@ from contenders import TorchTransformerLM, export_ctranslate2, marian_twin  # no
 from hf_vanilla_transformer import (  # noqa: E402
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
+    VanillaTransformerModel,
     any_config,
 )
 from hf_vanilla_transformer.cpu_decoding import pack_for_cpu_decoding  # noqa: E402
@@ -250,6 +251,15 @@ def baseline_model(revision: str, ours: VanillaTransformerForConditionalGenerati
     (folder / "hf_vanilla_transformer").rename(folder / name)
     sys.path.insert(0, str(folder))
     package = importlib.import_module(name)
+    # Importing the old package registered its classes for the Auto classes under the same model_type; give that
+    # name back to this package's classes, or AutoModel*.from_pretrained would build the old model from then on.
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+    current = type(ours)
+    config_class = current.config_class
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, VanillaTransformerModel, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(config_class, current, exist_ok=True)
     fields = package.VanillaTransformerConfig.__dataclass_fields__
     config = package.VanillaTransformerConfig(**{k: v for k, v in ours.config.to_dict().items() if k in fields})
     model = package.VanillaTransformerForConditionalGeneration(config).eval()

@@ -85,3 +85,10 @@ def test_the_before_contender_is_the_old_code_with_the_same_weights():
         )
     kwargs = dict(attention_mask=mask, num_beams=4, max_new_tokens=8)
     assert torch.equal(before.generate(ids, **kwargs), model.generate(ids, **kwargs))
+    # The Auto classes still build this package's model (the old package registered its own on import).
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    assert (
+        AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model("vanilla_transformer")).__module__
+        == type(model).__module__
+    )
