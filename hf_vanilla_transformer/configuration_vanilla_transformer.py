@@ -13,6 +13,7 @@ values, at construction, in `validate()` and before `save_pretrained` writes any
 
 import copy
 import difflib
+import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -103,6 +104,11 @@ class VanillaTransformerConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # The library's names (hidden_size, num_attention_heads, num_hidden_layers) set the paper's fields first,
+        # so that d_k and d_v below follow them.
+        for alias, name in self.attribute_map.items():
+            if alias in kwargs:
+                setattr(self, name, kwargs.pop(alias))
         # d_k = d_v = d_model / h (§3.2.2) unless given; a bad d_model or h is left to validate_architecture.
         if _is_int(self.d_model) and _is_int(self.h) and self.h > 0 and self.d_model % self.h == 0:
             self.d_k = self.d_model // self.h if self.d_k is None else self.d_k
@@ -140,10 +146,10 @@ class VanillaTransformerConfig(PreTrainedConfig):
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise self._invalid(name, "a probability in [0, 1)")
-        if not self.layer_norm_eps > 0.0:
-            raise self._invalid("layer_norm_eps", "a positive float such as 1e-6")
-        if self.init_std is not None and not self.init_std > 0.0:
-            raise self._invalid("init_std", "a positive float, or None for d_model ** -0.5")
+        if not (math.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0.0):
+            raise self._invalid("layer_norm_eps", "a finite positive float such as 1e-6")
+        if self.init_std is not None and not (math.isfinite(self.init_std) and 0.0 < self.init_std <= 1.0):
+            raise self._invalid("init_std", "a positive float <= 1, or None for d_model ** -0.5")
 
     def validate_token_ids(self) -> None:
         # The library only warns about ids outside the vocabulary; here they would index past the embedding.

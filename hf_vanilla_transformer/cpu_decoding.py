@@ -37,11 +37,21 @@ def onednn_packed_linear_available() -> bool:
 
 
 class PackedLinear(nn.Linear):
-    """`nn.Linear` that, for float32 inference on CPU, multiplies by a packed copy of W.
+    """`nn.Linear` that, for float32 inference on CPU (no_grad / inference_mode), multiplies by a packed copy of W.
 
-    Training (grad enabled), other dtypes or devices, and tracing by torch.compile / torch.export take `F.linear`
-    with W itself. The packed copy is made on first use and remade when W's storage or version changes (an in-place
-    update or a new parameter), so it never serves stale weights."""
+    With gradients enabled, other dtypes or devices, and under torch.compile / torch.export it is `F.linear` with W
+    itself. The packed copy is made on first use and remade when W changes through an in-place op (its version
+    counter), a new parameter, or `.to()` / `.half()` / `.float()`. A write through `W.data` bypasses the version
+    counter: after one, call `pack_for_cpu_decoding(model)` again, which drops every packed copy. The copies are not
+    part of `state_dict`, pickling or `copy.deepcopy` (they are remade on first use)."""
+
+    def _apply(self, fn, recurse: bool = True):
+        self.__dict__.pop("_packed", None)  # dtype / device changes: pack the new weight on next use
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k != "_packed"}
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
@@ -50,7 +60,7 @@ class PackedLinear(nn.Linear):
             or weight.dtype != torch.float32
             or input.device.type != "cpu"
             or weight.device.type != "cpu"
-            or (torch.is_grad_enabled() and weight.requires_grad)
+            or torch.is_grad_enabled()  # oneDNN's op has no backward: training and gradients take F.linear
             or torch.compiler.is_compiling()
         ):
             return F.linear(input, weight, self.bias)
@@ -85,11 +95,17 @@ def _replace(model: nn.Module, select, cls: type[nn.Linear]) -> list[str]:
 
 
 def pack_for_cpu_decoding(model: nn.Module, min_elements: int = MIN_ELEMENTS) -> list[str]:
-    """Swaps the decoder's and the output projection's `nn.Linear`s of at least `min_elements` weights for
-    `PackedLinear`s sharing their parameters. Returns the names of the swapped modules (empty where torch lacks
-    oneDNN's packed ops)."""
-    if not isinstance(min_elements, int) or min_elements < 0:
+    """Swaps the decoder's and the output projection's `nn.Linear`s of at least `min_elements` weights (2^18 by
+    default: smaller products are not faster packed) for `PackedLinear`s sharing their parameters. Returns the names
+    of the swapped modules: empty for models whose matrices are all smaller, or where torch lacks oneDNN's packed
+    ops. The packed copies cost one more copy of those weights in memory once used."""
+    if not isinstance(min_elements, int) or isinstance(min_elements, bool) or min_elements < 0:
         raise ValueError(f"min_elements={min_elements!r} is invalid: expected an integer >= 0.")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"pack_for_cpu_decoding expects a model (nn.Module), got {type(model).__name__}.")
+    for module in model.modules():  # already packed: drop the copies, so that weights written via .data are used
+        if isinstance(module, PackedLinear):
+            module.__dict__.pop("_packed", None)
     if not onednn_packed_linear_available():
         import warnings
 

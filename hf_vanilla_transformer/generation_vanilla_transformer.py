@@ -126,6 +126,11 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
             if isinstance(eos_token_id, list):
                 eos_token_id = eos_token_id[0]
             eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
+            if not isinstance(eos_token_id, int) or not 0 <= eos_token_id < self.config.vocab_size:
+                raise ValueError(
+                    f"eos_token_id={eos_token_id!r} is invalid: the source-length limit ends sentences with it, so it "
+                    f"must be a token id in [0, vocab_size={self.config.vocab_size})."
+                )
             # A limit given to this call, or a max_new_tokens in a generation config, also caps the batch. A config's
             # max_length does not: transformers fills it with its default of 20 (Seq2SeqTrainer writes that into
             # model.generation_config), which would cut the paper's limit short.
@@ -217,6 +222,9 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
             raise ValueError(
                 f"length_penalty_type={penalty_type!r} is invalid: expected one of {LENGTH_PENALTY_TYPES}."
             )
+        alpha = generation_config.length_penalty
+        if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+            raise ValueError(f"length_penalty={alpha!r} is invalid: expected a finite number (the paper: 0.6).")
         if penalty_type == "gnmt" and generation_config.length_penalty is not None:
             generation_config.length_penalty = GNMTLengthPenalty(generation_config.length_penalty)
         elif isinstance(generation_config.length_penalty, GNMTLengthPenalty):  # from an earlier gnmt preparation

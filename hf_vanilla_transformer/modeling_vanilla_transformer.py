@@ -11,6 +11,7 @@ Notation in the shape comments:
 """
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -345,6 +346,21 @@ LEGACY_KEY_MAPPING = {
 }
 
 
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    """A `load_state_dict` pre-hook: state dicts with the names of before 2026-11 (a 0.1 Trainer checkpoint, which the
+    Trainer loads with `load_state_dict`, not `from_pretrained`) get the current names."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + _apply_legacy_mapping(key[len(prefix) :])
+        if new != key and new not in state_dict:
+            state_dict[new] = state_dict.pop(key)
+
+
+def _apply_legacy_mapping(key: str) -> str:
+    for pattern, replacement in LEGACY_KEY_MAPPING.items():
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def _forget_legacy_renames(model: PreTrainedModel) -> None:
     """transformers keeps the renames a load used and reverts them in `save_pretrained` (to write the original
     format). The old names are not a format to write again: a folder loaded through LEGACY_KEY_MAPPING is saved
@@ -368,6 +384,10 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def post_init(self) -> None:
+        super().post_init()
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @classmethod
     def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any) -> Any:

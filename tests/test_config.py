@@ -109,7 +109,7 @@ BAD_VALUES = [
     ({"dropout": -0.1}, r"dropout=-0.1 is invalid"),
     ({"attention_dropout": 1.5}, r"attention_dropout=1.5 is invalid"),
     ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is invalid"),
-    ({"layer_norm_eps": 0.0}, r"layer_norm_eps=0.0 is invalid: expected a positive float"),
+    ({"layer_norm_eps": 0.0}, r"layer_norm_eps=0.0 is invalid: expected a finite positive float"),
     (
         {"position_encoding": "rotary"},
         r"position_encoding='rotary' is invalid: expected one of \('sinusoidal', 'learned'\)",
@@ -180,3 +180,15 @@ def test_round_trip_and_auto_config(tmp_path):
 def test_every_preset_builds_a_valid_config():
     for name in PRESETS:
         VanillaTransformerConfig.from_preset(name)
+
+
+def test_the_librarys_attribute_names_set_the_papers_fields_before_d_k_is_derived():
+    config = VanillaTransformerConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=3)
+    assert (config.d_model, config.h, config.d_k, config.d_v, config.encoder_layers) == (64, 4, 16, 16, 3)
+    assert VanillaTransformerConfig(num_attention_heads=16).d_k == 32
+
+
+@pytest.mark.parametrize("field", ["layer_norm_eps", "init_std"])
+def test_infinite_floats_are_refused(field):
+    with pytest.raises(StrictDataclassError, match=rf"{field}=inf is invalid"):
+        VanillaTransformerConfig(**{field: float("inf")})

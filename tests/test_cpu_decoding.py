@@ -99,3 +99,55 @@ def test_unpack_restores_nn_linear_with_the_same_parameters():
 def test_bad_threshold_is_refused():
     with pytest.raises(ValueError, match=r"min_elements=-1 is invalid: expected an integer >= 0"):
         pack_for_cpu_decoding(tiny_model(), min_elements=-1)
+
+
+def test_gradients_pass_through_frozen_packed_layers():
+    """Fine-tuning the encoder under a frozen, packed decoder: gradients flow as without packing."""
+    plain, packed, _ = packed_pair(seed=7)
+    ids, mask, labels = random_batch()
+    grads = []
+    for model in (plain, packed):
+        model.requires_grad_(False)
+        model.model.encoder.requires_grad_(True)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        grads.append(model.model.encoder.layers[0].ffn.fc1.weight.grad)
+    assert grads[1] is not None
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_a_used_packed_model_copies_pickles_and_follows_dtype_round_trips():
+    import copy
+    import io
+
+    plain, packed, _ = packed_pair(seed=8)
+    ids, mask, dec = random_batch()
+    with torch.no_grad():
+        packed(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)  # the packed copies now exist
+        copied = copy.deepcopy(packed)
+        torch.save(packed, io.BytesIO())
+        for model in (plain, packed):
+            model.half().float()  # new weight tensors (rounded): the packed copies must follow
+        reference = plain(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        torch.testing.assert_close(packed(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits, reference)
+        assert copied(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.shape == reference.shape
+
+
+def test_packing_again_picks_up_writes_through_data():
+    plain, packed, _ = packed_pair(seed=9)
+    ids, mask, dec = random_batch()
+    with torch.no_grad():
+        packed(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+        for model in (plain, packed):
+            model.lm_head.weight.data.mul_(2.0)  # no version bump: documented, refreshed by packing again
+        pack_for_cpu_decoding(packed, min_elements=0)
+        torch.testing.assert_close(
+            packed(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+            plain(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+        )
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match=r"min_elements=True is invalid"):
+        pack_for_cpu_decoding(tiny_model(), min_elements=True)
+    with pytest.raises(TypeError, match=r"expects a model \(nn.Module\), got NoneType"):
+        pack_for_cpu_decoding(None)

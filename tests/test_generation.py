@@ -358,3 +358,12 @@ def test_the_overridden_private_generation_methods_are_pinned_to_the_installed_t
         assert call is not None, hook
         arguments = [a.strip() for a in call.group(1).split(",") if a.strip()]
         assert all("=" in a for a in arguments) and "length_penalty=length_penalty" in arguments, hook
+
+
+def test_a_non_finite_length_penalty_and_a_bad_eos_id_are_refused():
+    model = tiny_model()
+    ids, mask, _ = random_batch(batch=2)
+    with pytest.raises(ValueError, match=r"length_penalty=nan is invalid: expected a finite number"):
+        model.generate(ids, attention_mask=mask, length_penalty=float("nan"))
+    with pytest.raises(ValueError, match=r"eos_token_id=500 is invalid: .* \[0, vocab_size=128\)"):
+        model.generate(ids, attention_mask=mask, eos_token_id=500)

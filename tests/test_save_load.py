@@ -175,3 +175,21 @@ def test_an_explicit_key_mapping_replaces_the_legacy_one(tmp_path):
     shutil.copytree(FIXTURES / "legacy_tiny", folder)
     with pytest.raises(ValueError, match=r"lacks \d+ of the model's tensors: .*q_proj"):
         VanillaTransformerForConditionalGeneration.from_pretrained(folder, key_mapping={})
+
+
+def test_a_state_dict_with_the_old_names_loads_through_load_state_dict():
+    """The Trainer resumes a checkpoint with model.load_state_dict, not from_pretrained: a 0.1 run must resume."""
+    state = load_file(FIXTURES / "legacy_tiny" / "model.safetensors")
+    model = VanillaTransformerForConditionalGeneration(
+        AutoModelForSeq2SeqLM.from_pretrained(FIXTURES / "legacy_tiny").config
+    )
+    result = model.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert sorted(result.missing_keys) == ["lm_head.weight", "model.decoder.embeddings.embed_tokens.weight"]  # tied
+    expected = load_file(FIXTURES / "legacy_tiny" / "expected.safetensors")
+    with torch.no_grad():
+        logits = model.eval()(
+            input_ids=expected["input_ids"], attention_mask=expected["attention_mask"],
+            decoder_input_ids=expected["decoder_input_ids"],
+        ).logits  # fmt: skip
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-5)
