@@ -2,6 +2,9 @@
 torch.compile(fullgraph=True), and generate() with the static cache and a compiled decoding step, each against
 the eager model at lengths the graph was not traced with."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import random_batch, tiny_model
@@ -10,18 +13,9 @@ from transformers import CompileConfig
 
 from hf_vanilla_transformer.generation_vanilla_transformer import SourceLengthLimitLogitsProcessor
 
-
-class LogitsOnly(torch.nn.Module):
-    """forward(input_ids, attention_mask, decoder_input_ids) -> logits, without a cache: the exported signature."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, decoder_input_ids):
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
-        ).logits
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import export_roundtrip  # noqa: E402
+from export_roundtrip import LogitsOnly  # noqa: E402  (forward(input_ids, attention_mask, decoder_input_ids) -> logits)
 
 
 def traced_and_new_inputs():
@@ -129,3 +123,12 @@ def test_static_cache_and_compiled_decoding_step_equal_the_dynamic_cache(num_bea
     assert not counters["graph_break"]
     torch.testing.assert_close(static.sequences, dynamic.sequences)
     torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_export_round_trip_script_reports_exact_round_trips(capsys):
+    export_roundtrip.main(["--preset", "tiny", "--vocab_size", "300"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "max |diff|" in line]
+    assert len(lines) == 6  # 3 routes x (traced shape, new shape)
+    for line in lines:
+        assert float(line.split("max |diff|")[1].split()[0]) < 1e-4 and line.endswith("argmax equal True"), line
