@@ -50,8 +50,7 @@ class PackedLinear(nn.Linear):
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {k: v for k, v in state.items() if k != "_packed"}
+        return {k: v for k, v in super().__getstate__().items() if k != "_packed"}
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight

@@ -328,19 +328,9 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints saved before the modules took the library's names (the demo's, 2026-11) load through this mapping.
 LEGACY_KEY_MAPPING = {
-    r"\.self_attn\.w_q\.": ".self_attn.q_proj.",
-    r"\.self_attn\.w_k\.": ".self_attn.k_proj.",
-    r"\.self_attn\.w_v\.": ".self_attn.v_proj.",
-    r"\.self_attn\.w_o\.": ".self_attn.o_proj.",
-    r"\.cross_attn\.w_q\.": ".cross_attn.q_proj.",
-    r"\.cross_attn\.w_k\.": ".cross_attn.k_proj.",
-    r"\.cross_attn\.w_v\.": ".cross_attn.v_proj.",
-    r"\.cross_attn\.w_o\.": ".cross_attn.o_proj.",
-    r"\.ffn\.w_1\.": ".ffn.fc1.",
-    r"\.ffn\.w_2\.": ".ffn.fc2.",
-    r"\.self_attn_norm\.": ".self_attn_residual.layer_norm.",
-    r"\.cross_attn_norm\.": ".cross_attn_residual.layer_norm.",
-    r"\.ffn_norm\.": ".ffn_residual.layer_norm.",
+    r"_attn\.w_([qkvo])\.": r"_attn.\1_proj.",  # self_attn.w_q -> self_attn.q_proj, cross_attn.w_o -> ...o_proj
+    r"\.ffn\.w_([12])\.": r".ffn.fc\1.",
+    r"\.(self_attn|cross_attn|ffn)_norm\.": r".\1_residual.layer_norm.",
     r"(encoder|decoder)\.embed_tokens\.": r"\1.embeddings.embed_tokens.",
     r"(encoder|decoder)\.embed_positions\.learned\.": r"\1.embeddings.embed_positions.",
 }
