@@ -4,7 +4,10 @@ The field names are the paper's (§3.2.2, §3.3, Table 3). The defaults are the 
 `VanillaTransformerConfig.from_preset` builds every other row of Table 3. This module does not import torch.
 
 Everything that is not in the paper is a named field that is off by default:
-`attention_dropout`, `activation_dropout` (0.0), `norm_first` (False).
+`attention_dropout`, `activation_dropout` (0.0), `norm_first` (False), and the fields that existing checkpoints
+(OPUS-MT / Marian, fairseq; see `convert.py`) need: `activation_function` ("relu"), `sinusoid_layout`
+("interleaved"), `sinusoid_frequencies` ("paper"), `position_offset` (0), `output_bias` (False),
+`share_encoder_decoder_embeddings` (follows `tie_word_embeddings`) and `decoder_vocab_size` (None: one vocabulary).
 
 Validation is transformers 5's: `@strict` checks each field's type and the `validate_*` methods below check the
 values, at construction, in `validate()` and before `save_pretrained` writes anything. A bad value raises
@@ -21,6 +24,11 @@ from transformers import PreTrainedConfig
 
 POSITION_ENCODINGS = ("sinusoidal", "learned")
 INITIALIZERS = ("xavier_uniform", "normal")
+# transformers' ACT2FN names: "relu" is the paper's (§3.3); OPUS-MT uses "swish" (= "silu"), fairseq also "gelu" and
+# "gelu_new" (its tanh approximation, fairseq's "gelu_accurate").
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "swish", "silu")
+SINUSOID_LAYOUTS = ("interleaved", "concatenated")
+SINUSOID_FREQUENCIES = ("paper", "tensor2tensor")
 
 
 @strict
@@ -56,8 +64,23 @@ class VanillaTransformerConfig(PreTrainedConfig):
         norm_first (`bool`, defaults to False): pre-LN sub-layers `x + Sublayer(LayerNorm(x))` with a final norm
             per stack (Xiong et al. 2020). Deviation from the paper, which is post-LN.
         scale_embedding (`bool`, defaults to True): multiply the embeddings by sqrt(d_model) (§3.4).
-        tie_word_embeddings (`bool`, defaults to True): one matrix for the source embedding, the target
-            embedding and the pre-softmax projection (§3.4).
+        tie_word_embeddings (`bool`, defaults to True): the pre-softmax projection is the target embedding
+            matrix (§3.4). Deviation from the paper when False.
+        share_encoder_decoder_embeddings (`bool`, *optional*): the source and target embeddings are one matrix
+            (§3.4, a shared vocabulary); defaults to `tie_word_embeddings`, so `tie_word_embeddings=False` alone
+            unties all three matrices. Deviation from the paper when False.
+        decoder_vocab_size (`int`, *optional*): size of a separate target vocabulary (OPUS-MT and fairseq
+            models with two dictionaries); needs `share_encoder_decoder_embeddings=False`. None: one vocabulary.
+        activation_function (`str`, defaults to `"relu"`): the FFN's non-linearity, one of `ACTIVATIONS`
+            (transformers' names). Deviation from the paper when not "relu" (OPUS-MT: "swish").
+        sinusoid_layout (`str`, defaults to `"interleaved"`): §3.5 puts sin and cos at even and odd dimensions;
+            `"concatenated"` is the [sin | cos] halves of tensor2tensor, fairseq and Marian. Deviation.
+        sinusoid_frequencies (`str`, defaults to `"paper"`): `"paper"` is 1 / 10000^(2i / d_model);
+            `"tensor2tensor"` is 1 / 10000^(i / (d_model/2 - 1)) (tensor2tensor's and fairseq's). Deviation.
+        position_offset (`int`, defaults to 0): the position of the first token (fairseq: padding_idx + 1 = 2).
+            Deviation from the paper when non-zero.
+        output_bias (`bool`, defaults to False): a bias on the pre-softmax projection (Marian's
+            `final_logits_bias`). Deviation from the paper, whose output layer is the embedding matrix alone.
         initializer (`str`, defaults to `"xavier_uniform"`): initialisation of the linear layers; the paper
             gives none, Xavier-uniform is what tensor2tensor and fairseq use. `"normal"` uses `init_std`.
         init_std (`float`, *optional*): standard deviation of the embedding initialisation (and of the linear
@@ -93,6 +116,13 @@ class VanillaTransformerConfig(PreTrainedConfig):
     norm_first: bool = False
     scale_embedding: bool = True
     tie_word_embeddings: bool = True
+    share_encoder_decoder_embeddings: bool | None = None
+    decoder_vocab_size: int | None = None
+    activation_function: str = "relu"
+    sinusoid_layout: str = "interleaved"
+    sinusoid_frequencies: str = "paper"
+    position_offset: int = 0
+    output_bias: bool = False
     initializer: str = "xavier_uniform"
     init_std: float | int | None = None
     pad_token_id: int | None = 0
@@ -113,6 +143,8 @@ class VanillaTransformerConfig(PreTrainedConfig):
         if _is_int(self.d_model) and _is_int(self.h) and self.h > 0 and self.d_model % self.h == 0:
             self.d_k = self.d_model // self.h if self.d_k is None else self.d_k
             self.d_v = self.d_model // self.h if self.d_v is None else self.d_v
+        if self.share_encoder_decoder_embeddings is None:
+            self.share_encoder_decoder_embeddings = self.tie_word_embeddings
         super().__post_init__(**kwargs)
 
     # ---- validation (run by @strict at construction, by validate() and before save_pretrained) ---------------
@@ -139,6 +171,24 @@ class VanillaTransformerConfig(PreTrainedConfig):
             raise self._invalid("position_encoding", f"one of {POSITION_ENCODINGS}")
         if self.initializer not in INITIALIZERS:
             raise self._invalid("initializer", f"one of {INITIALIZERS}")
+        if self.activation_function not in ACTIVATIONS:
+            raise self._invalid("activation_function", f"one of {ACTIVATIONS}")
+        if self.sinusoid_layout not in SINUSOID_LAYOUTS:
+            raise self._invalid("sinusoid_layout", f"one of {SINUSOID_LAYOUTS}")
+        if self.sinusoid_frequencies not in SINUSOID_FREQUENCIES:
+            raise self._invalid("sinusoid_frequencies", f"one of {SINUSOID_FREQUENCIES}")
+        if self.sinusoid_frequencies == "tensor2tensor" and self.d_model < 4:
+            raise self._invalid("sinusoid_frequencies", "'paper' for d_model < 4 (tensor2tensor's divides by d/2 - 1)")
+        if self.position_offset < 0:
+            raise self._invalid("position_offset", "an integer >= 0")
+        if self.decoder_vocab_size is not None:
+            if self.decoder_vocab_size < 1:
+                raise self._invalid("decoder_vocab_size", "None or an integer >= 1")
+            if self.share_encoder_decoder_embeddings:
+                raise self._invalid(
+                    "decoder_vocab_size",
+                    "None when share_encoder_decoder_embeddings=True (one matrix cannot have two vocabularies)",
+                )
         if not self.is_encoder_decoder:
             raise self._invalid("is_encoder_decoder", "True: the model is an encoder-decoder")
 
@@ -152,28 +202,43 @@ class VanillaTransformerConfig(PreTrainedConfig):
             raise self._invalid("init_std", "a positive float <= 1, or None for d_model ** -0.5")
 
     def validate_token_ids(self) -> None:
-        # The library only warns about ids outside the vocabulary; here they would index past the embedding.
+        # The library only warns about ids outside the vocabulary; here they would index past the embedding. With
+        # two vocabularies the ids are checked against the smaller (the tokenizers' special tokens are in both).
+        limit = min(self.vocab_size, self.target_vocab_size)
+        bound = f"[0, vocab_size={self.vocab_size})"
+        if self.decoder_vocab_size is not None:
+            bound = f"[0, {limit}) (vocab_size={self.vocab_size}, decoder_vocab_size={self.decoder_vocab_size})"
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise self._invalid(name, f"None or a token id in [0, vocab_size={self.vocab_size})")
+            if value is not None and not 0 <= value < limit:
+                raise self._invalid(name, f"None or a token id in {bound}")
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
             if getattr(self, name) is None:
-                raise self._invalid(name, f"a token id in [0, vocab_size={self.vocab_size}); the model needs it")
+                raise self._invalid(name, f"a token id in {bound}; the model needs it")
 
     # ---- derived values ------------------------------------------------------------------------------------
+    @property
+    def target_vocab_size(self) -> int:
+        """The decoder's (and the output layer's) vocabulary: `decoder_vocab_size`, or the one shared `vocab_size`."""
+        return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
+
     @property
     def embedding_init_std(self) -> float:
         return self.init_std if self.init_std is not None else self.d_model**-0.5
 
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
-        """The library sizes a decoder's caches (`StaticCache(config)`) by `num_hidden_layers`, which is the encoder's
-        depth here (as in Marian); for the decoder's view of a model whose stacks differ, a copy with the decoder's."""
-        if decoder and not encoder and self.decoder_layers != self.encoder_layers:
-            view = copy.copy(self)
-            view.__dict__["encoder_layers"] = self.decoder_layers  # no re-validation: only the depth changes
-            return view
-        return super().get_text_config(decoder=decoder, encoder=encoder)
+        """The config itself, except for the decoder's view (`decoder=True`) of a model whose stacks differ: the
+        library sizes a decoder's caches (`StaticCache(config)`) by `num_hidden_layers`, which is the encoder's depth
+        here (as in Marian), and reads the decoder's vocabulary as `vocab_size`. (The library's default for flat
+        encoder-decoder configs renames every `decoder_*` field, which would set `vocab_size=None` here.)"""
+        if not decoder or encoder:
+            return self
+        if self.decoder_layers == self.encoder_layers and self.target_vocab_size == self.vocab_size:
+            return self
+        view = copy.copy(self)  # no re-validation: only the depth and the vocabulary change
+        view.__dict__["encoder_layers"] = self.decoder_layers
+        view.__dict__["vocab_size"] = self.target_vocab_size
+        return view
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "VanillaTransformerConfig":

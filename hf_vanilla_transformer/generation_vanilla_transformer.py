@@ -126,10 +126,10 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
             if isinstance(eos_token_id, list):
                 eos_token_id = eos_token_id[0]
             eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
-            if not isinstance(eos_token_id, int) or not 0 <= eos_token_id < self.config.vocab_size:
+            if not isinstance(eos_token_id, int) or not 0 <= eos_token_id < self.config.target_vocab_size:
                 raise ValueError(
                     f"eos_token_id={eos_token_id!r} is invalid: the source-length limit ends sentences with it, so it "
-                    f"must be a token id in [0, vocab_size={self.config.vocab_size})."
+                    f"must be a token id of the target vocabulary [0, vocab_size={self.config.target_vocab_size})."
                 )
             # A limit given to this call, or a max_new_tokens in a generation config, also caps the batch. A config's
             # max_length does not: transformers fills it with its default of 20 (Seq2SeqTrainer writes that into

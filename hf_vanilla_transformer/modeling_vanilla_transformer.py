@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -150,17 +151,21 @@ class VanillaTransformerAttention(nn.Module):
 # §3.3 Position-wise feed-forward network
 # --------------------------------------------------------------------------------------------------------------
 class VanillaTransformerFeedForward(nn.Module):
-    """Eq. 2: FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, with `fc1` = W_1 and `fc2` = W_2."""
+    """Eq. 2: FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, with `fc1` = W_1 and `fc2` = W_2.
+
+    Deviation from the paper when `config.activation_function` is not "relu" (OPUS-MT's swish, fairseq's gelu).
+    """
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__()
         self.fc1 = nn.Linear(config.d_model, config.d_ff)  # W_1, b_1
         self.fc2 = nn.Linear(config.d_ff, config.d_model)  # W_2, b_2
+        self.activation = F.relu if config.activation_function == "relu" else ACT2FN[config.activation_function]
         # Deviation from the paper when non-zero (config.activation_dropout): §5.4 has no dropout inside the FFN.
         self.activation_dropout = config.activation_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc1(x))  # (B, T, d_ff)
+        x = self.activation(self.fc1(x))  # max(0, x W_1 + b_1): (B, T, d_ff)
         x = F.dropout(x, p=self.activation_dropout, training=self.training)
         return self.fc2(x)  # (B, T, d)
 
@@ -169,16 +174,32 @@ class VanillaTransformerFeedForward(nn.Module):
 # §3.4 Embeddings and §3.5 positional encoding
 # --------------------------------------------------------------------------------------------------------------
 def sinusoidal_position_encoding(
-    positions: torch.Tensor, d_model: int, dtype: torch.dtype = torch.float32
+    positions: torch.Tensor,
+    d_model: int,
+    dtype: torch.dtype = torch.float32,
+    layout: str = "interleaved",
+    frequencies: str = "paper",
 ) -> torch.Tensor:
     """§3.5, interleaved: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
 
     Computed for the positions asked for (a tensor, so any length works and a traced graph keeps the length
-    symbolic). fairseq and tensor2tensor concatenate [sin | cos]; that is not the paper's layout.
+    symbolic). The deviations existing checkpoints need (config `sinusoid_layout`, `sinusoid_frequencies`):
+    `layout="concatenated"` puts all sines before all cosines ([sin | cos], tensor2tensor, fairseq, Marian);
+    `frequencies="tensor2tensor"` uses 1 / 10000^(i / (d_model/2 - 1)) for i < d_model/2 (tensor2tensor, fairseq).
     """
-    two_i = torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32)  # (ceil(d/2),)
-    angles = positions.to(torch.float32)[:, None] / torch.pow(10000.0, two_i / d_model)  # (T, ceil(d/2))
-    encoding = torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1).flatten(-2)  # (T, 2*ceil(d/2)) interleaved
+    if frequencies == "paper":
+        two_i = torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32)  # (ceil(d/2),)
+        inverse_frequencies = 1.0 / torch.pow(10000.0, two_i / d_model)
+    else:  # "tensor2tensor": an odd d_model gets a zero last column, as in fairseq
+        i = torch.arange(d_model // 2, device=positions.device, dtype=torch.float32)
+        inverse_frequencies = torch.exp(i * -(math.log(10000.0) / (d_model // 2 - 1)))
+    angles = positions.to(torch.float32)[:, None] * inverse_frequencies  # (T, ceil(d/2))
+    if layout == "interleaved":
+        encoding = torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1).flatten(-2)  # (T, 2*ceil(d/2))
+    else:  # "concatenated"
+        encoding = torch.cat((torch.sin(angles), torch.cos(angles)), dim=-1)
+    if encoding.shape[-1] < d_model:
+        encoding = F.pad(encoding, (0, d_model - encoding.shape[-1]))
     return encoding[:, :d_model].to(dtype)  # (T, d)
 
 
@@ -186,14 +207,18 @@ class VanillaTransformerEmbeddings(nn.Module):
     """Dropout(sqrt(d_model) * E[x] + PE(pos)): the input of either stack (§3.4, §3.5, §5.4).
 
     `embed_tokens` is the one matrix E that both stacks (and the output projection) share when
-    `tie_word_embeddings`; `embed_positions` is Table 3 row (E)'s learned table, or None for the sinusoids.
+    `share_encoder_decoder_embeddings` and `tie_word_embeddings`; `embed_positions` is Table 3 row (E)'s learned table, or None for the sinusoids.
     """
 
-    def __init__(self, config: VanillaTransformerConfig):
+    def __init__(self, config: VanillaTransformerConfig, vocab_size: int):
         super().__init__()
         self.d_model = config.d_model
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_tokens = nn.Embedding(vocab_size, config.d_model)
         self.scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        # Deviations that existing checkpoints need (0, "interleaved", "paper" are §3.5): see the config.
+        self.position_offset = config.position_offset
+        self.sinusoid_layout = config.sinusoid_layout
+        self.sinusoid_frequencies = config.sinusoid_frequencies
         self.embed_positions = None
         if config.position_encoding == "learned":
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
@@ -208,13 +233,16 @@ class VanillaTransformerEmbeddings(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
-        positions = torch.arange(length, device=inputs_embeds.device) + past_length  # (T,)
+        positions = torch.arange(length, device=inputs_embeds.device) + (past_length + self.position_offset)  # (T,)
         if self.embed_positions is None:
-            position_encoding = sinusoidal_position_encoding(positions, self.d_model, inputs_embeds.dtype)
+            position_encoding = sinusoidal_position_encoding(
+                positions, self.d_model, inputs_embeds.dtype, self.sinusoid_layout, self.sinusoid_frequencies
+            )
         else:
-            if isinstance(past_length, int) and past_length + length > self.embed_positions.num_embeddings:
+            last = past_length + self.position_offset + length
+            if isinstance(past_length, int) and last > self.embed_positions.num_embeddings:
                 raise ValueError(
-                    f"Position {past_length + length - 1} is past max_position_embeddings="
+                    f"Position {last - 1} is past max_position_embeddings="
                     f"{self.embed_positions.num_embeddings} of the learned positional embeddings "
                     "(position_encoding='learned'); use shorter inputs, or a model with "
                     "position_encoding='sinusoidal', which has no length limit."
@@ -379,6 +407,14 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         super().post_init()
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
+        # The library ties nothing unless config.tie_word_embeddings; here the encoder/decoder sharing is a switch of
+        # its own (share_encoder_decoder_embeddings), so `_tied_weights_keys` (full names, see _tied_embeddings) is
+        # the whole answer.
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        return dict(self._tied_weights_keys or {})
+
     @classmethod
     def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any) -> Any:
         """`PreTrainedModel.from_pretrained`, except that a checkpoint missing some of the model's tensors (or
@@ -466,7 +502,7 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        self.embeddings = VanillaTransformerEmbeddings(config)
+        self.embeddings = VanillaTransformerEmbeddings(config, config.vocab_size)
         self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
         # Pre-LN needs a final norm; the paper's post-LN stack has none.
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
@@ -524,7 +560,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        self.embeddings = VanillaTransformerEmbeddings(config)
+        self.embeddings = VanillaTransformerEmbeddings(config, config.target_vocab_size)
         self.layers = nn.ModuleList(VanillaTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
         self.post_init()
@@ -573,7 +609,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if input_ids is not None:
             if isinstance(past_length, int) and past_length == 0:
-                check_input_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
+                check_input_ids(input_ids, self.config.target_vocab_size, "decoder_input_ids")
             inputs_embeds = self.embeddings.embed_tokens(input_ids)
         elif inputs_embeds.shape[1] == 0:
             raise ValueError(f"decoder_inputs_embeds has zero length (shape {tuple(inputs_embeds.shape)}).")
@@ -618,6 +654,18 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         )
 
 
+def _tied_embeddings(config: VanillaTransformerConfig, prefix: str) -> dict[str, str] | None:
+    """`_tied_weights_keys` ({tied: source}) of the model under `prefix`: the decoder's embedding is the encoder's
+    (share_encoder_decoder_embeddings) and the output projection the decoder's (tie_word_embeddings)."""
+    encoder, decoder = f"{prefix}encoder.embeddings.embed_tokens.weight", f"{prefix}decoder.embeddings.embed_tokens.weight"
+    tied = {}
+    if config.share_encoder_decoder_embeddings:
+        tied[decoder] = encoder
+    if config.tie_word_embeddings and prefix:
+        tied["lm_head.weight"] = encoder if config.share_encoder_decoder_embeddings else decoder
+    return tied or None
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher forcing: the decoder input is the target shifted right by one, starting with the start token."""
     shifted = labels.new_full(labels.shape, pad_token_id)
@@ -632,13 +680,11 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
         # §3.4: one embedding matrix for source and target (shared vocabulary), tied by parameter through
-        # `_tied_weights_keys` so that loading checks each name. Deviation when untied.
+        # `_tied_weights_keys` so that loading checks each name. Deviation when
+        # `share_encoder_decoder_embeddings=False` (two matrices, possibly two vocabularies).
         self.encoder = VanillaTransformerEncoder(config)
         self.decoder = VanillaTransformerDecoder(config)
-        if config.tie_word_embeddings:
-            self._tied_weights_keys = {
-                "decoder.embeddings.embed_tokens.weight": "encoder.embeddings.embed_tokens.weight"
-            }
+        self._tied_weights_keys = _tied_embeddings(config, prefix="")
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -646,7 +692,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.encoder.set_input_embeddings(value)
-        if self.config.tie_word_embeddings:
+        if self.config.share_encoder_decoder_embeddings:
             self.decoder.set_input_embeddings(value)
 
     @can_return_tuple
@@ -710,18 +756,13 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, VanillaTransformerGenerationMixin):
     """The Transformer with its pre-softmax linear layer (§3.4), the loss of §5.4 and the decoding of §6.1."""
 
-    _keys_to_ignore_on_load_unexpected = [r"lm_head\.bias"]
-
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
         self.model = VanillaTransformerModel(config)
-        # §3.4: the pre-softmax projection is the embedding matrix itself, with no bias.
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self._tied_weights_keys = {
-                "lm_head.weight": "model.encoder.embeddings.embed_tokens.weight",
-                "model.decoder.embeddings.embed_tokens.weight": "model.encoder.embeddings.embed_tokens.weight",
-            }
+        # §3.4: the pre-softmax projection is the embedding matrix itself, with no bias. Deviations: an untied
+        # matrix (tie_word_embeddings=False), a bias (output_bias, Marian's final_logits_bias).
+        self.lm_head = nn.Linear(config.d_model, config.target_vocab_size, bias=config.output_bias)
+        self._tied_weights_keys = _tied_embeddings(config, prefix="model.")
         self.post_init()
         self.generation_config = paper_generation_config(config)
 
@@ -808,7 +849,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             loss = self.loss_function(
                 logits,
                 labels,
-                vocab_size=self.config.vocab_size,
+                vocab_size=self.config.target_vocab_size,
                 num_items_in_batch=num_items_in_batch,
                 label_smoothing=self.config.label_smoothing,
             )

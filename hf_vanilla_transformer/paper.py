@@ -48,13 +48,19 @@ PAPER_VOCAB_SIZE = 37000
 def paper_parameter_count(config: VanillaTransformerConfig) -> int:
     """The parameter count of PAPER.md's formula (biases in every linear layer, one tied vocabulary matrix).
 
-    Learned positional tables (row E) are not in the formula and not counted here.
+    Learned positional tables (row E) are not in the formula and not counted here. The deviations that change the
+    count are: untied or unshared embedding matrices (and a separate target vocabulary), the output bias, pre-LN.
     """
     d, f, h, d_k, d_v = config.d_model, config.d_ff, config.h, config.d_k, config.d_v
     attention = d * h * (2 * d_k + d_v) + h * d_v * d + (h * (2 * d_k + d_v) + d)
     ffn = 2 * d * f + (f + d)
     layer_norm = 2 * d
-    embeddings = config.vocab_size * d * (1 if config.tie_word_embeddings else 3)
+    source, target = config.vocab_size, config.target_vocab_size
+    embeddings = d * (
+        source
+        + (0 if config.share_encoder_decoder_embeddings else target)
+        + (0 if config.tie_word_embeddings else target)
+    ) + (target if config.output_bias else 0)
     final_norms = 2 * layer_norm if config.norm_first else 0
     return (
         config.encoder_layers * (attention + ffn + 2 * layer_norm)
@@ -86,8 +92,24 @@ def deviations_from_paper(config: VanillaTransformerConfig) -> list[str]:
         found.append(f"dropout {config.attention_dropout} on the attention weights (attention_dropout)")
     if config.activation_dropout:
         found.append(f"dropout {config.activation_dropout} after the FFN's ReLU (activation_dropout)")
+    if not config.share_encoder_decoder_embeddings:
+        vocabularies = f" and vocabularies ({config.vocab_size} / {config.decoder_vocab_size})"
+        found.append(
+            f"separate source and target embedding matrices{vocabularies if config.decoder_vocab_size else ''} "
+            "(share_encoder_decoder_embeddings=False)"
+        )
     if not config.tie_word_embeddings:
-        found.append("separate source, target and output matrices (tie_word_embeddings=False)")
+        found.append("an output projection of its own, not the target embedding matrix (tie_word_embeddings=False)")
+    if config.output_bias:
+        found.append("a bias on the output projection (output_bias=True, Marian's final_logits_bias)")
+    if config.activation_function != "relu":
+        found.append(f"{config.activation_function} in the feed-forward networks, not ReLU (activation_function)")
+    if config.position_encoding == "sinusoidal" and config.sinusoid_layout != "interleaved":
+        found.append("sinusoids as [sin | cos] halves, not interleaved (sinusoid_layout='concatenated')")
+    if config.position_encoding == "sinusoidal" and config.sinusoid_frequencies != "paper":
+        found.append("tensor2tensor's sinusoid frequencies 1/10000^(i/(d/2-1)) (sinusoid_frequencies='tensor2tensor')")
+    if config.position_offset:
+        found.append(f"positions counted from {config.position_offset}, not 0 (position_offset)")
     if not config.scale_embedding:
         found.append("embeddings not multiplied by sqrt(d_model) (scale_embedding=False)")
     if config.encoder_layers != config.decoder_layers:
