@@ -7,7 +7,8 @@ generation and loss) and an `auto_map`, so the saved folder loads where this pac
 Files: `configuration_vanilla_transformer` (the config, Table 3 presets), `modeling_vanilla_transformer` (the paper's
 model), `generation_vanilla_transformer` (§6.1 decoding), `loss_vanilla_transformer` (§5.4 loss), `paper` (what the
 paper reports, and the small non-paper sizes), `cpu_decoding` (an opt-in weight layout for faster decoding on CPU),
-`translation` (the translate command).
+`translation` (the translate command), `convert` (OPUS-MT / fairseq checkpoints in, CTranslate2 out) and
+`tokenization_vanilla_transformer` (the tokenizer of converted fairseq models).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
@@ -39,6 +40,7 @@ from .paper import (
     small_config,
     table3_row,
 )
+from .tokenization_vanilla_transformer import FairseqBPETokenizer
 from .translation import translate
 
 __version__ = "0.2.0"
@@ -50,8 +52,10 @@ AutoModelForSeq2SeqLM.register(VanillaTransformerConfig, VanillaTransformerForCo
 VanillaTransformerConfig.register_for_auto_class()
 VanillaTransformerModel.register_for_auto_class("AutoModel")
 VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+FairseqBPETokenizer.register_for_auto_class("AutoTokenizer")  # converted fairseq folders carry its file
 
 __all__ = [
+    "FairseqBPETokenizer",
     "GNMTLengthPenalty",
     "PAPER_VOCAB_SIZE",
     "PARAMS_TOLERANCE",

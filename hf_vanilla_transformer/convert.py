@@ -14,7 +14,8 @@
   `bpecodes`), the 2018 WMT layout (argparse `args`, fused `in_proj_weight`, `layer_norms.0/1`, `embed_out`) or
   fairseq >= 0.10's (`cfg`). fairseq's sinusoids are tensor2tensor's ([sin | cos], 1/10000^(i/(d/2-1)), first
   position padding_idx + 1). With `bpecodes` the folder gets transformers' `FSMTTokenizer` (Moses + BPE, the port of
-  fairseq's WMT pipeline). The checkpoint is read with `torch.load(weights_only=True)`, allowing only argparse's
+  fairseq's WMT pipeline; as `FairseqBPETokenizer`, with the target dictionary for `text_target`, loaded with
+  `trust_remote_code=True`). The checkpoint is read with `torch.load(weights_only=True)`, allowing only argparse's
   Namespace and numpy scalars; anything else needs `trust_checkpoint=True` (`--trust-checkpoint`).
 - `ctranslate2`: a model folder of this project (with its tokenizer) to a CTranslate2 model directory, with
   `quantization` as CTranslate2 allows. Every config deviation is exported or refused by name.
@@ -156,19 +157,6 @@ def _marian_name(name: str) -> str | None:
     raise RuntimeError(f"no Marian name for {name}")
 
 
-def _check_marian_position_table(marian: Any) -> None:
-    """The converted config computes [sin | cos] sinusoids at positions 0, 1, ...; a checkpoint whose table is anything
-    else (a fine-tuned or learned table) is refused."""
-    for stack in ("encoder", "decoder"):
-        table = getattr(marian.model, stack).embed_positions.weight.detach().float()
-        ours = sinusoidal_position_encoding(torch.arange(table.shape[0]), table.shape[1], layout="concatenated")
-        if not torch.allclose(table, ours, atol=1e-5):
-            raise ConversionError(
-                f"model.{stack}.embed_positions holds no [sin | cos] sinusoid table (learned or modified positions "
-                "are not in MarianMTModel's format and cannot be converted)."
-            )
-
-
 def marian_config_to_ours(marian_config: Any) -> VanillaTransformerConfig:
     """The `VanillaTransformerConfig` of a `MarianConfig`; what it cannot express is refused by name."""
     c = marian_config
@@ -246,7 +234,7 @@ def convert_marian(
         marian = MarianMTModel.from_pretrained(source, dtype=torch.float32).eval()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, TypeError) as error:  # TypeError: MarianTokenizer without its .spm files
             raise ConversionError(
                 f"{source} has no tokenizer that loads ({error}); the OPUS-MT layout has source.spm, target.spm and "
                 "vocab.json (MarianTokenizer needs the sentencepiece package)."
@@ -256,7 +244,6 @@ def convert_marian(
             config.vocab_size, config.target_vocab_size
         ):
             config.unk_token_id = tokenizer.unk_token_id
-        _check_marian_position_table(marian)
         bias = marian.final_logits_bias.detach().reshape(-1)
         config.output_bias = bool(bias.any())  # an all-zero bias changes nothing: the paper's output layer stays
         marian_state = marian.state_dict()
@@ -282,10 +269,13 @@ def _safe_fairseq_globals() -> list[Any]:
     allowed: list[Any] = [argparse.Namespace]
     try:
         import numpy as np
-
-        allowed += [np.dtype, np.core.multiarray.scalar, *{type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8")}]
-    except (ImportError, AttributeError):
-        pass
+    except ImportError:
+        return allowed
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    # numpy < 2 pickled the scalar as numpy.core.multiarray.scalar, numpy 2 as numpy._core.multiarray.scalar
+    allowed += [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    allowed += [type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8")]
     return allowed
 
 
@@ -509,9 +499,10 @@ def _fairseq_state(weights: dict[str, torch.Tensor], config: VanillaTransformerC
 def _fairseq_tokenizer(
     staging: Path, folder: Path, languages: tuple[str, str], dictionaries: tuple[list[str], list[str]]
 ):
-    """transformers' FSMTTokenizer (Moses + BPE, as fairseq's WMT pipeline) from `bpecodes` and the dictionaries:
-    fairseq marks a word-inner piece with a trailing "@@", FSMT's BPE marks a word-final piece with "</w>"."""
-    from transformers import FSMTTokenizer
+    """`FairseqBPETokenizer` (transformers' FSMTTokenizer, Moses + BPE as fairseq's WMT pipeline, with a target mode)
+    from `bpecodes` and the dictionaries: fairseq marks a word-inner piece with a trailing "@@", FSMT's BPE marks a
+    word-final piece with "</w>"."""
+    from .tokenization_vanilla_transformer import FairseqBPETokenizer
 
     def fsmt_vocabulary(tokens: list[str]) -> dict[str, int]:
         vocabulary = {}
@@ -535,7 +526,7 @@ def _fairseq_tokenizer(
         path.write_text(json.dumps(fsmt_vocabulary(tokens), ensure_ascii=False), encoding="utf-8")
     merges_file = staging / "fairseq-merges.txt"
     merges_file.write_text("\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = FSMTTokenizer(
+    tokenizer = FairseqBPETokenizer(
         langs=list(languages), src_vocab_file=str(files["src"]), tgt_vocab_file=str(files["tgt"]),
         merges_file=str(merges_file),
     )  # fmt: skip
@@ -784,8 +775,12 @@ def export_ctranslate2(
             if tokenizer is None:
                 from transformers import AutoTokenizer
 
-                try:
-                    tokenizer = AutoTokenizer.from_pretrained(source)
+                from .tokenization_vanilla_transformer import FairseqBPETokenizer
+
+                settings = Path(source) / "tokenizer_config.json"
+                own = settings.is_file() and "FairseqBPETokenizer" in settings.read_text(encoding="utf-8")
+                try:  # the tokenizer of converted fairseq models is this package's own: no remote code to trust
+                    tokenizer = (FairseqBPETokenizer if own else AutoTokenizer).from_pretrained(source)
                 except (OSError, ValueError) as error:
                     raise ConversionError(
                         f"{source} has no tokenizer ({error}); CTranslate2 models carry their vocabulary as strings."

@@ -657,7 +657,10 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
 def _tied_embeddings(config: VanillaTransformerConfig, prefix: str) -> dict[str, str] | None:
     """`_tied_weights_keys` ({tied: source}) of the model under `prefix`: the decoder's embedding is the encoder's
     (share_encoder_decoder_embeddings) and the output projection the decoder's (tie_word_embeddings)."""
-    encoder, decoder = f"{prefix}encoder.embeddings.embed_tokens.weight", f"{prefix}decoder.embeddings.embed_tokens.weight"
+    encoder, decoder = (
+        f"{prefix}encoder.embeddings.embed_tokens.weight",
+        f"{prefix}decoder.embeddings.embed_tokens.weight",
+    )
     tied = {}
     if config.share_encoder_decoder_embeddings:
         tied[decoder] = encoder

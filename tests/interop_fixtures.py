@@ -142,9 +142,9 @@ def _learn_bpe(texts: list[str], merges: int) -> str:
     return codes.getvalue()
 
 
-def _fairseq_dictionary(texts: list[str], codes: str, size: int) -> list[str]:
-    """fairseq-preprocess's dict: BPE'd tokens by frequency ("token count" lines), without the 4 specials, padded to a
-    multiple of 8 with madeupword entries (which fairseq writes into the file)."""
+def _fairseq_dictionary(texts: list[str], codes: str) -> list[str]:
+    """fairseq-preprocess's dict: every BPE'd token by frequency ("token count" lines), without the 4 specials, padded
+    to a multiple of 8 with madeupword entries (which fairseq writes into the file)."""
     from collections import Counter
 
     from sacremoses import MosesTokenizer
@@ -155,7 +155,7 @@ def _fairseq_dictionary(texts: list[str], codes: str, size: int) -> list[str]:
     counts = Counter()
     for text in texts:
         counts.update(bpe.process_line(moses.tokenize(text, return_str=True, escape=True)).split())
-    tokens = [token for token, _ in counts.most_common()][: size - 4]
+    tokens = [token for token, _ in counts.most_common()]
     lines = [f"{token} {counts[token]}" for token in tokens]
     while (len(lines) + 4) % 8:
         lines.append(f"madeupword{len(lines) + 4 - len(tokens) - 4:04d} 0")
@@ -179,8 +179,8 @@ def fairseq_folder(
     pairs = demo_sentences(400, seed=seed)
     texts = [s for s, _ in pairs] + ([t for _, t in pairs] if shared else [])
     codes = _learn_bpe(texts, 80)
-    source_lines = _fairseq_dictionary(texts if shared else [s for s, _ in pairs], codes, 120)
-    target_lines = source_lines if shared else _fairseq_dictionary([t for _, t in pairs], codes, 96)
+    source_lines = _fairseq_dictionary(texts if shared else [s for s, _ in pairs], codes)
+    target_lines = source_lines if shared else _fairseq_dictionary([t for _, t in pairs], codes)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bpecodes").write_text(codes)
     (folder / "dict.en.txt").write_text("\n".join(source_lines) + "\n")
