@@ -4,8 +4,8 @@
   embedding matrix, tied output layer) with every weight copied, and its position table replaced by the paper's
   interleaved sinusoids, so it computes the same function (up to its LayerNorm epsilon of 1e-5).
 - `TorchTransformerLM`: `torch.nn.Transformer` with token embeddings, sinusoids and a tied output layer.
-- `export_ctranslate2`: a CTranslate2 model directory holding the same weights. CTranslate2's own converters read
-  OpenNMT / fairseq / Marian checkpoints; this builds its `TransformerSpec` directly from our modules.
+- `export_ctranslate2`: a CTranslate2 model directory holding the same weights, written by the user-facing exporter
+  (`hf_vanilla_transformer.convert.export_ctranslate2`) with a synthetic tokenizer.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import MarianConfig, MarianMTModel
 
-from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, convert
 from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoidal_position_encoding
 
 
@@ -138,65 +138,29 @@ class TorchTransformerLM(nn.Module):
         return loss
 
 
-def export_ctranslate2(model: VanillaTransformerForConditionalGeneration, output_dir: str | Path) -> list[str]:
-    """Writes `model` as a CTranslate2 model; returns its vocabulary (token i is the string f"t{i}")."""
-    from ctranslate2.specs import common_spec, transformer_spec
-
-    config = model.config
-    ours = model.model
-    spec = transformer_spec.TransformerSpec.from_config(
-        (config.encoder_layers, config.decoder_layers),
-        config.h,
-        pre_norm=False,
-        activation=common_spec.Activation.RELU,
-    )
-    table = sinusoidal_position_encoding(torch.arange(1024), config.d_model)
-
-    def numpy(tensor):
-        return tensor.detach().float().cpu().numpy()
-
-    def linear(target, *sources):
-        target.weight = numpy(torch.cat([s.weight for s in sources]))
-        target.bias = numpy(torch.cat([s.bias for s in sources]))
-
-    def norm(target, source):
-        target.gamma, target.beta = numpy(source.weight), numpy(source.bias)
-
-    for target, stack in ((spec.encoder, ours.encoder), (spec.decoder, ours.decoder)):
-        embeddings = target.embeddings[0] if isinstance(target.embeddings, list) else target.embeddings
-        embeddings.weight = numpy(stack.embeddings.embed_tokens.weight)
-        target.scale_embeddings = True  # sqrt(d_model)
-        target.position_encodings.encodings = numpy(table)
-    for target, layer in zip(spec.encoder.layer, ours.encoder.layers, strict=True):
-        attn = layer.self_attn
-        linear(target.self_attention.linear[0], attn.q_proj, attn.k_proj, attn.v_proj)
-        linear(target.self_attention.linear[1], attn.o_proj)
-        norm(target.self_attention.layer_norm, layer.self_attn_residual.layer_norm)
-        linear(target.ffn.linear_0, layer.ffn.fc1)
-        linear(target.ffn.linear_1, layer.ffn.fc2)
-        norm(target.ffn.layer_norm, layer.ffn_residual.layer_norm)
-    for target, layer in zip(spec.decoder.layer, ours.decoder.layers, strict=True):
-        attn, cross = layer.self_attn, layer.cross_attn
-        linear(target.self_attention.linear[0], attn.q_proj, attn.k_proj, attn.v_proj)
-        linear(target.self_attention.linear[1], attn.o_proj)
-        norm(target.self_attention.layer_norm, layer.self_attn_residual.layer_norm)
-        linear(target.attention.linear[0], cross.q_proj)
-        linear(target.attention.linear[1], cross.k_proj, cross.v_proj)
-        linear(target.attention.linear[2], cross.o_proj)
-        norm(target.attention.layer_norm, layer.cross_attn_residual.layer_norm)
-        linear(target.ffn.linear_0, layer.ffn.fc1)
-        linear(target.ffn.linear_1, layer.ffn.fc2)
-        norm(target.ffn.layer_norm, layer.ffn_residual.layer_norm)
-    spec.decoder.projection.weight = numpy(model.lm_head.weight)
+def synthetic_tokenizer(config):
+    """A word-level tokenizer whose token i is the string f"t{i}" (the special tokens named): the benchmark's models
+    have random weights and no trained tokenizer, and CTranslate2 takes tokens as strings."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tokens = [f"t{i}" for i in range(config.vocab_size)]
-    tokens[config.pad_token_id], tokens[config.bos_token_id] = "<blank>", "<s>"
-    tokens[config.eos_token_id], tokens[config.unk_token_id] = "</s>", "<unk>"
-    spec.register_source_vocabulary(tokens)
-    spec.register_target_vocabulary(tokens)
-    spec.config.layer_norm_epsilon = config.layer_norm_eps
-    spec.config.decoder_start_token = tokens[config.decoder_start_token_id]
-    spec.validate()
-    spec.optimize(quantization="float32")
-    spec.save(str(output_dir))
-    return tokens
+    specials = {"pad": config.pad_token_id, "bos": config.bos_token_id, "eos": config.eos_token_id,
+                "unk": config.unk_token_id}  # fmt: skip
+    names = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+    for kind, index in specials.items():
+        if index is not None:
+            tokens[index] = names[kind]
+    unk = tokens[config.unk_token_id] if config.unk_token_id is not None else tokens[0]
+    vocabulary = {token: i for i, token in enumerate(tokens)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token=unk)))
+
+
+def export_ctranslate2(
+    model: VanillaTransformerForConditionalGeneration, output_dir: str | Path, quantization: str | None = None
+) -> list[str]:
+    """Writes `model` as a CTranslate2 model with the user-facing exporter (`hf_vanilla_transformer.convert`) and the
+    synthetic tokenizer; returns the vocabulary (token i is the string f"t{i}", specials named)."""
+    tokenizer = synthetic_tokenizer(model.config)
+    convert.export_ctranslate2(model, output_dir, tokenizer=tokenizer, quantization=quantization, overwrite=True)
+    return tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))

@@ -224,6 +224,40 @@ def _source_generation_config(source_generation_config: Any, config: VanillaTran
 
 
 @torch.no_grad()
+def marian_weights(
+    marian: Any, unk_token_id: int | None = None
+) -> tuple[VanillaTransformerConfig, dict[str, torch.Tensor]]:
+    """The config and the state dict (our names) of a loaded `MarianMTModel`."""
+    config = marian_config_to_ours(marian.config)
+    if unk_token_id is not None and unk_token_id < min(config.vocab_size, config.target_vocab_size):
+        config.unk_token_id = unk_token_id
+    bias = marian.final_logits_bias.detach().reshape(-1)
+    config.output_bias = bool(bias.any())  # an all-zero bias changes nothing: the paper's output layer stays
+    marian_state = marian.state_dict()
+    if config.share_encoder_decoder_embeddings:
+        marian_state.setdefault("model.encoder.embed_tokens.weight", marian.model.shared.weight)
+        marian_state.setdefault("model.decoder.embed_tokens.weight", marian.model.shared.weight)
+    state = {}
+    for name in VanillaTransformerForConditionalGeneration(config).state_dict():
+        marian_name = _marian_name(name)
+        state[name] = bias if marian_name is None else marian_state[marian_name]
+    return config, state
+
+
+@torch.no_grad()
+def marian_to_ours(marian: Any) -> VanillaTransformerForConditionalGeneration:
+    """A loaded `MarianMTModel` as this project's model, in memory (no tokenizer, no folder); `convert_marian` writes
+    the folder."""
+    config, state = marian_weights(marian)
+    model = VanillaTransformerForConditionalGeneration(config).eval()
+    for tied, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
+        state.setdefault(tied, state[source])
+    model.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
+    model.generation_config = _source_generation_config(marian.generation_config, config, paper=False)
+    return model
+
+
+@torch.no_grad()
 def convert_marian(
     source: str | Path, output: str | Path, *, overwrite: bool = False, paper_decoding: bool = False
 ) -> Path:
@@ -239,21 +273,7 @@ def convert_marian(
                 f"{source} has no tokenizer that loads ({error}); the OPUS-MT layout has source.spm, target.spm and "
                 "vocab.json (MarianTokenizer needs the sentencepiece package)."
             ) from error
-        config = marian_config_to_ours(marian.config)
-        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id < min(
-            config.vocab_size, config.target_vocab_size
-        ):
-            config.unk_token_id = tokenizer.unk_token_id
-        bias = marian.final_logits_bias.detach().reshape(-1)
-        config.output_bias = bool(bias.any())  # an all-zero bias changes nothing: the paper's output layer stays
-        marian_state = marian.state_dict()
-        if config.share_encoder_decoder_embeddings:
-            marian_state.setdefault("model.encoder.embed_tokens.weight", marian.model.shared.weight)
-            marian_state.setdefault("model.decoder.embed_tokens.weight", marian.model.shared.weight)
-        state = {}
-        for name in VanillaTransformerForConditionalGeneration(config).state_dict():
-            marian_name = _marian_name(name)
-            state[name] = bias if marian_name is None else marian_state[marian_name]
+        config, state = marian_weights(marian, unk_token_id=tokenizer.unk_token_id)
         generation_config = _source_generation_config(marian.generation_config, config, paper_decoding)
         _save_model_folder(staging, config, state, generation_config)
         tokenizer.save_pretrained(staging)
@@ -687,7 +707,8 @@ def ctranslate2_spec(
     )
 
     def numpy(tensor: torch.Tensor) -> Any:
-        return tensor.detach().float().cpu().numpy()
+        # a copy: CTranslate2 quantizes the arrays in place, and .numpy() would share the model's memory
+        return tensor.detach().to("cpu", torch.float32, copy=True).numpy()
 
     def linear(target: Any, *sources: torch.nn.Linear) -> None:
         target.weight = numpy(torch.cat([s.weight for s in sources]))

@@ -92,3 +92,16 @@ def test_the_before_contender_is_the_old_code_with_the_same_weights():
         AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model("vanilla_transformer")).__module__
         == type(model).__module__
     )
+
+
+def test_the_opus_mt_script_runs_and_the_converted_model_agrees(tmp_path):
+    import opus_mt
+
+    results = opus_mt.main(["--size", "tiny", "--rounds", "1", "--batches", "2", "--new_tokens", "6",
+                            "--output", str(tmp_path)])  # fmt: skip
+    assert {row["beams"] for row in results["rows"]} == {1, 4}
+    names = set(results["rows"][0]["tokens_per_s"])
+    assert {"ours", "marian", "ctranslate2 fp32", "ctranslate2 int8"} <= names
+    # the converted model and its fp32 export decode what MarianMTModel decodes
+    assert results["agreement"]["marian"] == 1.0 and results["agreement"]["ctranslate2 fp32"] == 1.0
+    assert (tmp_path / "opus_mt.md").read_text().startswith("OPUS-MT-shaped tiny model")

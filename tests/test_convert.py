@@ -358,6 +358,21 @@ def test_ctranslate2_quantizations_write_smaller_models(tmp_path):
     assert all(len(r.hypotheses[0]) >= 1 for r in results)
 
 
+def test_exporting_a_loaded_model_leaves_its_weights_alone(tmp_path):
+    pytest.importorskip("ctranslate2")
+    from conftest import tiny_model
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model = tiny_model()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    vocabulary = {f"t{i}": i for i in range(128)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="t3")))
+    for quantization in ("int8", "int16", "float16"):  # CTranslate2 quantizes its arrays in place
+        export_ctranslate2(model, tmp_path / quantization, tokenizer=tokenizer, quantization=quantization)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
 def test_ctranslate2_refuses_what_it_cannot_express(tmp_path):
     pytest.importorskip("ctranslate2")
     from conftest import tiny_model
