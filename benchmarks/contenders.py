@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -49,35 +48,17 @@ def marian_config(config) -> MarianConfig:
     )
 
 
-# Our parameter names -> MarianMTModel's, applied in order; every tensor must map (the twin loads strictly).
-MARIAN_NAMES = [
-    (r"\.embeddings\.embed_tokens\.", ".embed_tokens."),
-    (r"\.cross_attn\.", ".encoder_attn."),
-    (r"\.o_proj\.", ".out_proj."),
-    (r"\.self_attn_residual\.layer_norm\.", ".self_attn_layer_norm."),
-    (r"\.cross_attn_residual\.layer_norm\.", ".encoder_attn_layer_norm."),
-    (r"\.ffn_residual\.layer_norm\.", ".final_layer_norm."),
-    (r"\.ffn\.(fc1|fc2)\.", r".\1."),
-]
-
-
-def marian_name(name: str) -> str:
-    for pattern, replacement in MARIAN_NAMES:
-        name = re.sub(pattern, replacement, name)
-    return name
-
-
 @torch.no_grad()
 def marian_twin(model: VanillaTransformerForConditionalGeneration) -> MarianMTModel:
     """A MarianMTModel holding `model`'s weights (only h * d_k == h * d_v == d_model is expressible in Marian), its
-    position tables replaced by the paper's interleaved sinusoids. Tensors are matched by name (`MARIAN_NAMES`), so
-    a layer added to this model fails here loudly instead of being left at random."""
+    position tables replaced by the paper's interleaved sinusoids. Tensors are matched by name (the converter's
+    `marian_name`), so a layer added to this model fails here loudly instead of being left at random."""
     config = model.config
     if config.h * config.d_k != config.d_model or config.h * config.d_v != config.d_model:
         raise ValueError("MarianMTModel needs h * d_k == h * d_v == d_model.")
     marian = MarianMTModel(marian_config(config)).eval()
     table = sinusoidal_position_encoding(torch.arange(marian.config.max_position_embeddings), config.d_model)
-    state = {marian_name(name): tensor for name, tensor in model.state_dict().items()}
+    state = {convert.marian_name(name): tensor for name, tensor in model.state_dict().items()}
     state["model.shared.weight"] = state["model.encoder.embed_tokens.weight"]
     state["final_logits_bias"] = torch.zeros_like(marian.final_logits_bias)
     for stack in ("encoder", "decoder"):

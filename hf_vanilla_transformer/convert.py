@@ -95,29 +95,36 @@ def _atomic_output(output: str | Path, overwrite: bool, sources: tuple[str | Pat
             shutil.rmtree(staging)
 
 
-def _save_model_folder(
-    staging: Path, config: VanillaTransformerConfig, state: dict[str, torch.Tensor], generation_config: Any
+def _build_model(
+    config: VanillaTransformerConfig, state: dict[str, torch.Tensor]
 ) -> VanillaTransformerForConditionalGeneration:
-    """Builds the model from `config`, loads `state` strictly (every tensor named, none left over) and saves it with
-    its code, config (`auto_map`) and generation config into `staging`."""
+    """The model of `config` holding `state` (our names; tied copies may be left out), loaded strictly: every tensor
+    named, none left over, each at the config's shape."""
     model = VanillaTransformerForConditionalGeneration(config).eval()
     for tied, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
         if source in state:
             state.setdefault(tied, state[source])
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:  # a bug in a converter's name mapping, not a user error
         raise RuntimeError(f"converter left tensors unmapped: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(model.state_dict()[name].shape):
+        if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ConversionError(
                 f"{name}: the checkpoint's tensor has shape {tuple(tensor.shape)}, the config implies "
-                f"{tuple(model.state_dict()[name].shape)}."
+                f"{tuple(expected[name].shape)}."
             )
     model.load_state_dict({name: tensor.to(torch.float32) for name, tensor in state.items()}, strict=True)
+    return model
+
+
+def _save_model_folder(
+    staging: Path, config: VanillaTransformerConfig, state: dict[str, torch.Tensor], generation_config: Any
+) -> None:
+    """`_build_model`, saved with its code, config (`auto_map`) and generation config into `staging`."""
+    model = _build_model(config, state)
     model.generation_config = generation_config
     model.save_pretrained(staging)
-    return model
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -141,7 +148,7 @@ _MARIAN_LAYER_NAMES = {
 }
 
 
-def _marian_name(name: str) -> str | None:
+def marian_name(name: str) -> str | None:
     """The MarianMTModel tensor that holds our tensor `name` (None: the output bias, taken from final_logits_bias)."""
     match = re.fullmatch(r"model\.(encoder|decoder)\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
     if match:
@@ -239,8 +246,8 @@ def marian_weights(
         marian_state.setdefault("model.decoder.embed_tokens.weight", marian.model.shared.weight)
     state = {}
     for name in VanillaTransformerForConditionalGeneration(config).state_dict():
-        marian_name = _marian_name(name)
-        state[name] = bias if marian_name is None else marian_state[marian_name]
+        source = marian_name(name)
+        state[name] = bias if source is None else marian_state[source]
     return config, state
 
 
@@ -249,10 +256,7 @@ def marian_to_ours(marian: Any) -> VanillaTransformerForConditionalGeneration:
     """A loaded `MarianMTModel` as this project's model, in memory (no tokenizer, no folder); `convert_marian` writes
     the folder."""
     config, state = marian_weights(marian)
-    model = VanillaTransformerForConditionalGeneration(config).eval()
-    for tied, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
-        state.setdefault(tied, state[source])
-    model.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
+    model = _build_model(config, state)
     model.generation_config = _source_generation_config(marian.generation_config, config, paper=False)
     return model
 
@@ -395,11 +399,10 @@ def fairseq_arguments_to_config(
         "encoder_layers_to_keep": "pruned encoder layers",
         "decoder_layers_to_keep": "pruned decoder layers",
         "quant_noise_pq": "quantization noise blocks",
-        "checkpoint_activations_offload": None,
     }
     for name, what in refused.items():
         value = a.get(name)
-        if what and value not in (None, False, 0, 0.0, "", "0"):
+        if value not in (None, False, 0, 0.0, "", "0"):
             raise ConversionError(f"--{name.replace('_', '-')}={value!r}: {what} cannot be converted.")
     d_model = get("encoder_embed_dim", 512)
     for name in ("decoder_embed_dim", "decoder_output_dim", "decoder_input_dim"):

@@ -1,10 +1,29 @@
 import copy
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, small_config
+
+
+def python_without_this_package(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A new venv whose only packages are this environment's installed wheels (torch, transformers, ...) through a
+    .pth file, which does not carry the editable install of this package; returns its python and an offline env."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    venv_site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    Path(venv_site, "reuse_wheels.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    return python, env
 
 
 def tiny_config(**overrides) -> VanillaTransformerConfig:

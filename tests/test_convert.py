@@ -4,8 +4,6 @@ tokenizer, and CTranslate2's own decoding for the exported models."""
 
 import argparse
 import json
-import os
-import site
 import subprocess
 import sys
 import textwrap
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import python_without_this_package
 from interop_fixtures import demo_sentences, fairseq_folder, opus_mt_folder
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, FSMTTokenizer, MarianMTModel
 
@@ -100,12 +99,7 @@ def test_a_converted_folder_loads_where_the_package_is_not_installed(marian_pair
     tokenizer = AutoTokenizer.from_pretrained(source)
     batch = tokenizer(SOURCES[:3], return_tensors="pt", padding=True)
     expected = marian.generate(**batch, num_beams=4).tolist()
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    venv_site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    Path(venv_site, "reuse_wheels.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python, env = python_without_this_package(tmp_path)
     code = textwrap.dedent(
         f"""
         import json
@@ -121,8 +115,6 @@ def test_a_converted_folder_loads_where_the_package_is_not_installed(marian_pair
         print(json.dumps(model.generate(**batch, num_beams=4).tolist()))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected

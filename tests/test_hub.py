@@ -4,7 +4,6 @@ folder translates in a fresh virtual environment that has torch and transformers
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import python_without_this_package
 
 from hf_vanilla_transformer import translate
 from hf_vanilla_transformer_training.model_card import check_card, preset_card
@@ -116,14 +116,8 @@ def test_an_invalid_card_or_auto_map_stops_the_upload(model_folder, tmp_path):
 
 @pytest.mark.slow
 def test_a_fresh_virtualenv_without_the_package_translates_the_same(model_folder, tmp_path):
-    """A new venv whose only packages are this environment's installed wheels (torch, transformers, ...) through
-    a .pth file, which does not carry the editable install of this package."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    venv_site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    Path(venv_site, "reuse_wheels.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    """A new venv without this package (conftest.python_without_this_package)."""
+    python, env = python_without_this_package(tmp_path)
     lines = ["Friday, August 26, 1955", "seven thousand, nine hundred and sixty-one", "Aug 3, 2001", "twelve"]
     code = textwrap.dedent(
         f"""
@@ -141,8 +135,6 @@ def test_a_fresh_virtualenv_without_the_package_translates_the_same(model_folder
         print(json.dumps(tokenizer.batch_decode(output, skip_special_tokens=True)))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in result.stdout.splitlines() if line.startswith("[")]
