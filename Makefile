@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 # recipe (shorter warm-up and a halved peak learning rate for a 9-minute run), evaluate with the paper's beam
 # search, average the last 5 checkpoints, score the test split, write outputs/demo/{model,results.json,*.png}.
 DEMO_ARGS := --output_dir outputs/demo --preset demo --vocab_size 1000 --max_tokens 4000 --max_steps 2800 \
-	--warmup_steps 300 --lr_scale 0.5 --save_steps 200 --average_last 5 --eval_steps 700 --eval_samples 300 \
+	--warmup_steps 300 --lr_scale 0.5 --save_steps 200 --average_last 5 --eval_steps 700 --max_eval_samples 300 \
 	--logging_steps 100
 
 demo:

@@ -27,8 +27,8 @@ def model_folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     command = [sys.executable, "-m", "hf_vanilla_transformer_training.train", "--output_dir", str(out), "--preset", "tiny",
                "--vocab_size", "200", "--demo_pairs", "1400", "--max_tokens", "800", "--warmup_steps", "4",
-               "--lr_scale", "4", "--no_progress", "--max_steps", "6", "--save_steps", "2", "--eval_steps", "3",
-               "--eval_samples", "20", "--average_last", "2", "--test_samples", "30"]  # fmt: skip
+               "--lr_scale", "4", "--disable_tqdm", "true", "--max_steps", "6", "--save_steps", "2", "--eval_steps", "3",
+               "--max_eval_samples", "20", "--average_last", "2", "--max_predict_samples", "30"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the installed packages (pip install -e .), not the folders
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,6 +1,7 @@
 """The training recipe's pieces against the paper: the learning-rate formula, token batching, the data, the
 tokenizer and checkpoint averaging."""
 
+import csv
 import json
 import math
 import os
@@ -110,30 +111,56 @@ def test_demo_examples_from_the_issue():
     assert format_date(date, "medium", locale="de_DE") == "26.08.1955"
 
 
-def test_local_files_and_their_errors(tmp_path, capsys):
+def test_local_files_through_the_datasets_loaders(tmp_path, capsys):
+    """JSON lines (translation layout or flat), a JSON array, CSV / TSV with a header, aligned text files; the rows
+    come back in order and intact (U+2028 and form feeds inside a line do not split it)."""
+    rows = [("one", "eins"), ("two\u2028lines", "zwei\x0cseiten"), ('say "hi", ok', "sag \u201ehallo\u201c, gut")]
+    expected = [{"en": en, "de": de} for en, de in rows]
+    files = {
+        "nested.jsonl": "".join(json.dumps({"translation": {"en": en, "de": de}}) + "\n" for en, de in rows),
+        "flat.json": "".join(json.dumps({"en": en, "de": de, "id": i}) + "\n" for i, (en, de) in enumerate(rows)),
+        "array.json": json.dumps([{"en": en, "de": de} for en, de in rows]),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("de", "en"), *((de, en) for en, de in rows)])
+    (tmp_path / "pairs.tsv").write_text("en\tde\n" + "".join(f"{en}\t{de}\n" for en, de in rows), encoding="utf-8")
+    (tmp_path / "a.en").write_text("".join(en + "\n" for en, _ in rows), encoding="utf-8")
+    (tmp_path / "a.de").write_text("".join(de + "\n" for _, de in rows), encoding="utf-8")
+    for spec in [*files, "pairs.csv", "pairs.tsv"]:
+        data = load_translation_data(train_file=str(tmp_path / spec))
+        assert data["train"]["translation"] == expected, spec
+    aligned = load_translation_data(train_file=f"{tmp_path / 'a.en'},{tmp_path / 'a.de'}")
+    assert aligned["train"]["translation"] == expected
+
+
+def test_local_file_errors_name_the_file_and_what_was_expected(tmp_path, capsys):
     (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
     (tmp_path / "a.de").write_text("eins\nzwei\n")
     with pytest.raises(ValueError, match=r"a.en has 3 lines, .*a.de has 2"):
         load_translation_data(train_file=f"{tmp_path / 'a.en'},{tmp_path / 'a.de'}")
-    with pytest.raises(FileNotFoundError, match=r"missing.jsonl does not exist"):
-        load_translation_data(train_file=str(tmp_path / "missing.jsonl"))
     (tmp_path / "t.jsonl").write_text(json.dumps({"translation": {"en": "one", "fr": "un"}}) + "\n")
     with pytest.raises(
         ValueError, match=r"Language key 'de' is not in the 'train' split; its translation keys are \['en', 'fr'\]"
     ):
         load_translation_data(train_file=str(tmp_path / "t.jsonl"))
-    (tmp_path / "empty.tsv").write_text("")
-    with pytest.raises(ValueError, match=r"The 'train' split is empty"):
-        load_translation_data(train_file=str(tmp_path / "empty.tsv"))
-    (tmp_path / "ok.tsv").write_text("one\teins\n\tleer\ntwo\tzwei\n" + "x" * 50 + "\tlang\n")
+    (tmp_path / "columns.csv").write_text("source,target\none,eins\n")
+    with pytest.raises(ValueError, match=r"columns.csv has neither a 'translation' column nor the language columns "
+                       r"\['en', 'de'\]; its columns are \['source', 'target'\]"):  # fmt: skip
+        load_translation_data(train_file=str(tmp_path / "columns.csv"))
+    (tmp_path / "broken.jsonl").write_text('{"en": "one", "de": "eins"}\n{"en": "two", "de": \n')
+    with pytest.raises(ValueError, match=r"Cannot read .*broken.jsonl as json"):
+        load_translation_data(train_file=str(tmp_path / "broken.jsonl"))
+    (tmp_path / "null.jsonl").write_text('{"en": "one", "de": "eins"}\n{"en": "two", "de": null}\n')
+    data = load_translation_data(train_file=str(tmp_path / "null.jsonl"))
+    with pytest.raises(ValueError, match=r"Row 2 of the 'train' split has None as its 'de' text; expected a string"):
+        clean_split(data["train"], "en", "de", max_chars=20, split="train")
+    (tmp_path / "ok.tsv").write_text("en\tde\none\teins\n\tleer\ntwo\tzwei\n" + "x" * 50 + "\tlang\n")
     data = load_translation_data(train_file=str(tmp_path / "ok.tsv"))
     cleaned = clean_split(data["train"], "en", "de", max_chars=20, split="train")
     assert len(cleaned) == 2
     assert "train: dropped 2 of 4 pairs that were empty or over 20 characters" in capsys.readouterr().out
-    (tmp_path / "b.en").write_text("one\ntwo\n")
-    (tmp_path / "b.de").write_text("eins\nzwei\n")
-    aligned = load_translation_data(train_file=f"{tmp_path / 'b.en'},{tmp_path / 'b.de'}")
-    assert aligned["train"][1]["translation"] == {"en": "two", "de": "zwei"}
 
 
 def test_shared_bpe_tokenizer_round_trips_and_matches_the_config(tmp_path):
@@ -182,10 +209,11 @@ def test_translation_scores():
 @pytest.mark.parametrize("preset", ["demo", "tiny", "base", "C-N2"])
 def test_the_preset_option_takes_a_table3_row_or_a_small_size(preset):
     from hf_vanilla_transformer import any_config
-    from hf_vanilla_transformer_training.train import build_config, parse_args
+    from hf_vanilla_transformer_training.train import initial_config, parse_args
 
-    args = parse_args(["--output_dir", "unused", "--preset", preset, "--config_overrides", '{"dropout": 0.2}'])
-    config = build_config(args, vocab_size=1000)
+    args = parse_args(["--output_dir", "unused", "--preset", preset, "--config_overrides", '{"dropout": 0.2}',
+                       "--vocab_size", "1000"])  # fmt: skip
+    config = initial_config(args)
     assert config.to_dict() == any_config(preset, vocab_size=1000, dropout=0.2).to_dict()
 
 

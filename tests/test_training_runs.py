@@ -19,7 +19,7 @@ from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "--preset", "tiny", "--vocab_size", "200", "--demo_pairs", "1400", "--max_tokens", "800",
-    "--warmup_steps", "4", "--lr_scale", "4", "--logging_steps", "1", "--no_progress",
+    "--warmup_steps", "4", "--lr_scale", "4", "--logging_steps", "1", "--disable_tqdm", "true",
 ]  # fmt: skip
 
 
@@ -53,7 +53,7 @@ def fixed_batch_loss(output_dir: Path, step: int) -> float:
 def test_a_tiny_run_writes_a_hub_ready_model_and_scores_it(tmp_path):
     out = tmp_path / "run"
     result = run([*TINY, "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2", "--eval_steps", "3",
-                  "--eval_samples", "20", "--average_last", "2", "--test_samples", "30"])  # fmt: skip
+                  "--max_eval_samples", "20", "--average_last", "2", "--max_predict_samples", "30"])  # fmt: skip
     assert "[test] 30 pairs, averaged model of 2 checkpoints" in result.stdout
     model_dir = out / "model"
     names = set(os.listdir(model_dir))
@@ -113,7 +113,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, la
 @pytest.mark.slow
 def test_resuming_after_a_kill_ends_where_an_uninterrupted_run_ends(tmp_path):
     common = [*TINY, "--max_steps", "10", "--save_steps", "2", "--eval_steps", "1000", "--skip_test",
-              "--average_last", "1"]  # fmt: skip
+              "--average_last", "1", "--resume_from_checkpoint", "last"]  # fmt: skip
     run([*common, "--output_dir", str(tmp_path / "straight")])
 
     interrupted = tmp_path / "interrupted"
@@ -154,7 +154,7 @@ def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(tm
     from hf_vanilla_transformer_training.average_checkpoints import complete_checkpoints
 
     common = [*TINY, "--max_steps", "14", "--save_steps", "1", "--eval_steps", "1000", "--skip_test",
-              "--average_last", "2"]  # fmt: skip
+              "--average_last", "2", "--resume_from_checkpoint", "last"]  # fmt: skip
     run([*common, "--output_dir", str(tmp_path / "straight")])
     faulty = tmp_path / "faulty"
     rng = random.Random(0)
@@ -229,7 +229,7 @@ def test_a_full_disk_at_a_save_keeps_earlier_checkpoints_and_resumes(tmp_path, m
 
     out = tmp_path / "run"
     args = [*TINY, "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2", "--eval_steps", "1000",
-            "--skip_test", "--average_last", "2"]  # fmt: skip
+            "--skip_test", "--average_last", "2", "--resume_from_checkpoint", "last"]  # fmt: skip
     real_save, calls = modeling_utils.safe_save_file, []
 
     def full_disk_on_the_third_save(*a, **k):
@@ -254,7 +254,8 @@ def test_a_half_written_newest_checkpoint_is_removed_and_redone(tmp_path):
     """A save killed while writing trainer_state.json leaves a folder with every file. Saving into it again would
     not change the folder's mtime, and the Trainer's mtime-ordered rotation would take the new checkpoint for the
     oldest and delete it (seen in CI under load)."""
-    common = [*TINY, "--max_steps", "6", "--save_steps", "1", "--eval_steps", "1000", "--skip_test"]
+    common = [*TINY, "--max_steps", "6", "--save_steps", "1", "--eval_steps", "1000", "--skip_test",
+              "--resume_from_checkpoint", "last"]  # fmt: skip
     run([*common, "--average_last", "5", "--output_dir", str(tmp_path / "straight")])
     broken = tmp_path / "broken"
     run([*common, "--average_last", "5", "--output_dir", str(broken)])  # keeps checkpoint-1 ... checkpoint-6

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's checkpoint folders; nothing else is one
 
 
 def complete_checkpoints(output_dir: str | Path, for_resume: bool = False) -> list[Path]:
@@ -36,7 +36,7 @@ def complete_checkpoints(output_dir: str | Path, for_resume: bool = False) -> li
     # The Trainer writes rng_state.pth (one process) or rng_state_<rank>.pth (several) before trainer_state.json.
     found = []
     for path in output_dir.iterdir() if output_dir.is_dir() else []:
-        match = _CHECKPOINT.match(path.name)
+        match = CHECKPOINT_NAME.match(path.name)
         if not (match and path.is_dir() and all((path / name).is_file() for name in needed)):
             continue
         if for_resume and not any(path.glob("rng_state*.pth")):

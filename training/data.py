@@ -13,7 +13,6 @@ translations, from `num2words` and Babel's CLDR data, e.g.
 from __future__ import annotations
 
 import datetime
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -76,55 +75,66 @@ def build_demo_corpus(
 
 
 # ---- other data ----------------------------------------------------------------------------------------------
-def _read_local(path: Path, source_lang: str, target_lang: str, target_path: Path | None) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"Data file {path} does not exist.")
-    if target_path is not None:  # two aligned plain-text files, one sentence per line
-        if not target_path.is_file():
-            raise FileNotFoundError(f"Data file {target_path} does not exist.")
-        sources = path.read_text(encoding="utf-8").splitlines()
-        targets = target_path.read_text(encoding="utf-8").splitlines()
+def _load(builder: str, path: Path, **options: Any) -> Dataset:
+    """One file through a `datasets` packaged loader (json, csv, text), its errors named by file."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(builder, data_files={"rows": str(path)}, split="rows", **options)
+    except Exception as error:  # datasets wraps parser errors in several types (DatasetGenerationError, ...)
+        cause = error.__cause__ or error
+        raise ValueError(f"Cannot read {path} as {builder}: {type(cause).__name__}: {cause}") from error
+
+
+def _as_translation(rows: Dataset, path: Path, source_lang: str, target_lang: str) -> Dataset:
+    """Rows in the translation layout; flat rows with one column per language are wrapped into it."""
+    if "translation" in rows.column_names:
+        return rows.select_columns(["translation"])
+    missing = [lang for lang in (source_lang, target_lang) if lang not in rows.column_names]
+    if missing:
+        raise ValueError(
+            f"{path} has neither a 'translation' column nor the language columns {missing}; its columns are "
+            f"{rows.column_names}."
+        )
+    return rows.map(
+        lambda row: {"translation": {source_lang: row[source_lang], target_lang: row[target_lang]}},
+        remove_columns=rows.column_names,
+        desc=f"reading {path.name}",
+    )
+
+
+def read_local_split(spec: str, source_lang: str, target_lang: str) -> Dataset:
+    """A .json / .jsonl file (datasets' json loader: JSON lines or one JSON array), a .csv / .tsv file with a
+    header row (datasets' csv loader), or 'SOURCE,TARGET': two aligned text files, one sentence per line (datasets'
+    text loader, which splits on line ends only, never on U+2028 or form feeds)."""
+    parts = spec.split(",")
+    if len(parts) == 2:
+        source_path, target_path = Path(parts[0]), Path(parts[1])
+        sources = _load("text", source_path, keep_linebreaks=False)["text"]
+        targets = _load("text", target_path, keep_linebreaks=False)["text"]
         if len(sources) != len(targets):
             raise ValueError(
-                f"Aligned files differ in length: {path} has {len(sources)} lines, {target_path} has {len(targets)}."
+                f"Aligned files differ in length: {source_path} has {len(sources)} lines, {target_path} has "
+                f"{len(targets)}."
             )
-        return [{source_lang: s, target_lang: t} for s, t in zip(sources, targets, strict=True)]
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from error
-            rows.append(record.get("translation", record))
-        return rows
-    if path.suffix == ".tsv":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise ValueError(
-                    f"{path}:{number} has {len(fields)} tab-separated fields, expected 2 (source, target)."
-                )
-            rows.append({source_lang: fields[0], target_lang: fields[1]})
-        return rows
-    raise ValueError(f"Unknown data file type {path.suffix!r} for {path}: expected .jsonl, .tsv, or two aligned files.")
-
-
-def load_local_files(files: dict[str, str | tuple[str, str]], source_lang: str, target_lang: str) -> DatasetDict:
-    """`files` maps each split to a .jsonl or .tsv file, or to a (source file, target file) pair of aligned text."""
-    splits = {}
-    for split, spec in files.items():
-        path, target_path = (Path(spec[0]), Path(spec[1])) if isinstance(spec, tuple) else (Path(spec), None)
-        rows = _read_local(path, source_lang, target_lang, target_path)
-        splits[split] = Dataset.from_dict({"translation": rows})
-    return DatasetDict(splits)
+        return Dataset.from_dict(
+            {"translation": [{source_lang: s, target_lang: t} for s, t in zip(sources, targets, strict=True)]}
+        )
+    path = Path(spec)
+    if path.suffix in (".json", ".jsonl"):
+        rows = _load("json", path)
+    elif path.suffix in (".csv", ".tsv"):
+        rows = _load("csv", path, delimiter="\t" if path.suffix == ".tsv" else ",", keep_default_na=False)
+    else:
+        raise ValueError(
+            f"Unknown data file type {path.suffix!r} for {path}: expected .json, .jsonl, .csv, .tsv, or two aligned "
+            "text files as 'SOURCE,TARGET'."
+        )
+    return _as_translation(rows, path, source_lang, target_lang)
 
 
 def load_translation_data(
-    dataset: str = "demo",
+    dataset: str | None = None,
     dataset_config: str | None = None,
     source_lang: str = "en",
     target_lang: str = "de",
@@ -133,23 +143,23 @@ def load_translation_data(
     test_file: str | None = None,
     demo_pairs: int = 110_000,
     seed: int = 0,
+    cache_dir: str | None = None,
+    token: str | None = None,
 ) -> DatasetDict:
-    """The bundled demo corpus, a Hub dataset in the translation layout (e.g. `wmt14` / `de-en`), or local files
-    (`--train_file a.en,a.de` for two aligned text files). Checked before any training starts."""
+    """The bundled demo corpus (`dataset` None or "demo"), a Hub dataset in the translation layout (e.g. `wmt14`
+    / `de-en`), or local files (see `read_local_split`). Checked before any training starts."""
     if train_file is not None:
-        files: dict[str, Any] = {}
-        for split, spec in (("train", train_file), ("validation", validation_file), ("test", test_file)):
-            if spec is not None:
-                parts = spec.split(",")
-                files[split] = tuple(parts) if len(parts) == 2 else spec
-        data = load_local_files(files, source_lang, target_lang)
-    elif dataset == "demo":
+        files = {"train": train_file, "validation": validation_file, "test": test_file}
+        data = DatasetDict(
+            {split: read_local_split(spec, source_lang, target_lang) for split, spec in files.items() if spec}
+        )
+    elif dataset in (None, "demo"):
         held_out = min(2_000, max(1, demo_pairs // 20))  # 2000 validation and 2000 test pairs at full size
         data = build_demo_corpus(num_pairs=demo_pairs, validation_size=held_out, test_size=held_out, seed=seed)
-    else:  # the real path for users with network access, e.g. --dataset wmt14 --dataset_config de-en
+    else:  # the real path for users with network access, e.g. --dataset_name wmt14 --dataset_config_name de-en
         from datasets import load_dataset
 
-        data = load_dataset(dataset, dataset_config)
+        data = load_dataset(dataset, dataset_config, cache_dir=cache_dir, token=token)
     check_translation_data(data, source_lang, target_lang)
     return data
 
@@ -173,11 +183,17 @@ def check_translation_data(data: DatasetDict, source_lang: str, target_lang: str
 def clean_split(rows: Dataset, source_lang: str, target_lang: str, max_chars: int, split: str) -> Dataset:
     """Drops pairs with an empty side or a side longer than `max_chars`, and says how many (never silently)."""
 
-    def keep(example: dict[str, Any]) -> bool:
+    def keep(example: dict[str, Any], index: int) -> bool:
         pair = example["translation"]
+        for lang in (source_lang, target_lang):
+            if not isinstance(pair.get(lang), str):
+                raise ValueError(
+                    f"Row {index + 1} of the {split!r} split has {pair.get(lang)!r} as its {lang!r} text; expected a "
+                    "string."
+                )
         return all(0 < len(pair[lang].strip()) <= max_chars for lang in (source_lang, target_lang))
 
-    kept = rows.filter(keep)
+    kept = rows.filter(keep, with_indices=True)
     dropped = len(rows) - len(kept)
     if dropped:
         print(f"[data] {split}: dropped {dropped} of {len(rows)} pairs that were empty or over {max_chars} characters")

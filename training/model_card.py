@@ -1,4 +1,5 @@
-"""Model cards rendered with `huggingface_hub.ModelCard` from `model_cards/template.md`.
+"""Model cards rendered with `huggingface_hub.ModelCard` from `templates/model_card.md` (inside the package, so an
+installed wheel renders cards too).
 
     python -m hf_vanilla_transformer_training.model_card --preset base --out model_cards/base.md  # untrained
     python -m hf_vanilla_transformer_training.model_card --preset big --out model_cards/big.md
@@ -27,9 +28,7 @@ from hf_vanilla_transformer import (
     table3_row,
 )
 
-# The repository's model_cards/ folder, beside training/ (this file's folder in a source checkout or an editable
-# install).
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"  # package data (see pyproject.toml)
 REQUIRED_METADATA = ("library_name", "pipeline_tag", "language", "license", "tags")
 
 
@@ -107,8 +106,7 @@ def render_card(
     )
     if not TEMPLATE.is_file():
         raise FileNotFoundError(
-            f"The model card template {TEMPLATE} is missing: render cards from a source checkout of the project "
-            "(pip install -e .), which has the model_cards/ folder."
+            f"The model card template {TEMPLATE} is missing: the installed package is incomplete; reinstall it."
         )
     row = table3_row(config)
     table3_sentence = (

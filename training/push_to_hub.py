@@ -70,17 +70,34 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {path.name:45s} {path.stat().st_size:>14,} bytes")
     if args.dry_run:
         return
+    upload(args.folder, args.repo_id, private=args.private, commit_message=args.commit_message, files=files)
+
+
+def upload(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload the Transformer (Vaswani et al. 2017)",
+    files: list[Path] | None = None,
+) -> None:
+    """Checks `folder` (check_model_folder, with the Hub's card validation) and uploads exactly its listed files."""
     from huggingface_hub import HfApi
 
-    api = HfApi()
-    api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    if files is None:
+        try:
+            files = check_model_folder(folder, online=True)
+        except ValueError as error:
+            raise SystemExit(f"Not uploaded: {error}") from error
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(
-        repo_id=args.repo_id,
-        folder_path=args.folder,
+        repo_id=repo_id,
+        folder_path=str(folder),
         allow_patterns=[p.name for p in files],
-        commit_message=args.commit_message,
+        commit_message=commit_message,
     )
-    print(f"Uploaded to https://huggingface.co/{args.repo_id}")
+    print(f"Uploaded to https://huggingface.co/{repo_id}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 SPECIAL_IDS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
@@ -61,8 +61,22 @@ def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
-def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerFast, config) -> None:
-    """The tokenizer's special ids and vocabulary must be the model's, or training silently learns garbage."""
+def load_tokenizer(source: str, trust_remote_code: bool = False, **hub_kwargs):
+    """A model's or tokenizer's folder / Hub id through AutoTokenizer; this project's FairseqBPETokenizer folders
+    (written by `vanilla-transformer-convert fairseq`) load by class, from the installed package, so no code from
+    the folder runs."""
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    from hf_vanilla_transformer import FairseqBPETokenizer
+
+    if get_tokenizer_config(source, **hub_kwargs).get("tokenizer_class") == FairseqBPETokenizer.__name__:
+        return FairseqBPETokenizer.from_pretrained(source, **hub_kwargs)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub_kwargs)
+
+
+def check_tokenizer_matches_config(tokenizer, config) -> None:
+    """The tokenizer's special ids and vocabulary must be the model's, or training silently learns garbage. A
+    special token the tokenizer does not define (MarianTokenizer has no <s>) is not compared."""
     pairs = {
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -70,9 +84,8 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerFast, config) -
         "unk_token_id": tokenizer.unk_token_id,
     }
     for name, value in pairs.items():
-        if getattr(config, name) != value:
+        if value is not None and getattr(config, name) != value:
             raise ValueError(f"The tokenizer's {name} is {value} but the model config's is {getattr(config, name)}.")
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}."
-        )
+    largest = max(config.vocab_size, config.target_vocab_size)
+    if len(tokenizer) > largest:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {largest}.")

@@ -14,8 +14,9 @@ from the last complete checkpoint (optimizer, scheduler and RNG state included).
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
+import math
 import os
 import random
 import shutil
@@ -26,21 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader, Sampler
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    PreTrainedTokenizerFast,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     TrainerCallback,
     set_seed,
 )
+from transformers.trainer_utils import IntervalStrategy
 
 import hf_vanilla_transformer  # noqa: F401  (registers the Auto classes)
 from hf_vanilla_transformer import (
-    PRESETS,
-    SMALL_CONFIGS,
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
     any_config,
@@ -48,11 +50,12 @@ from hf_vanilla_transformer import (
     translate,
 )
 
+from .arguments import DataTrainingArguments, ModelArguments, RunArguments, parse_arguments
 from .attention_maps import attention_maps
-from .average_checkpoints import average_checkpoints, complete_checkpoints
+from .average_checkpoints import CHECKPOINT_NAME, average_checkpoints, complete_checkpoints
 from .data import clean_split, load_translation_data
 from .model_card import check_card, render_card, result_lines
-from .tokenizer import check_tokenizer_matches_config, train_bpe_tokenizer
+from .tokenizer import check_tokenizer_matches_config, load_tokenizer, train_bpe_tokenizer
 
 
 # ---- token batching ------------------------------------------------------------------------------------------
@@ -152,6 +155,43 @@ class TokenBatchingTrainer(Seq2SeqTrainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
+
+    # The model's loss is the paper's label-smoothed cross-entropy (§5.4), so eval_loss is no perplexity. Evaluation
+    # also reports the plain token NLL and its perplexity; the Trainer has no such metric, so it is added here.
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        self._nll = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # summed NLL, target tokens
+        output = super().evaluation_loop(*args, **kwargs)
+        total, tokens = self.accelerator.reduce(self._nll, reduction="sum").tolist()
+        if tokens:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            output.metrics[f"{prefix}_nll"] = total / tokens
+            output.metrics[f"{prefix}_perplexity"] = math.exp(min(total / tokens, 700.0))
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # Seq2SeqTrainer.prediction_step writes GenerationConfig's defaults (max_length=20, ...) into the model's
+        # generation config, which then warns "Both max_new_tokens and max_length" at every later generate() and
+        # would be saved with the model. The model's own generation config is put back after each step.
+        generation_config = copy.deepcopy(self.model.generation_config)
+        result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        self.model.generation_config = generation_config
+        if "labels" in inputs:
+            # A second teacher-forced forward pass: cheap next to the beam search that prediction_step ran.
+            labels = inputs["labels"]
+            with torch.no_grad():
+                logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            nll = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+            )
+            self._nll += torch.stack([nll.double(), (labels != -100).sum().double()])
+        return result
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        # Resuming loads the checkpoint's state dict, which holds each tied matrix once; the Trainer warns about the
+        # other names unless they are in `_keys_to_ignore_on_save`. Names tied to a loaded matrix are not missing.
+        tied = getattr(self.model, "all_tied_weights_keys", None) or {}
+        missing = [k for k in load_result.missing_keys if not (k in tied and tied[k] not in load_result.missing_keys)]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _save_checkpoint(self, model, trial) -> None:
         # A checkpoint counts as written once its trainer_state.json (the Trainer's last file) parses, so a save
@@ -261,96 +301,23 @@ def plot_learning_curve(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", required=True)
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="demo", help="'demo' (bundled, offline) or a Hub dataset name")
-    data.add_argument("--dataset_config", default=None)
-    data.add_argument("--source_lang", default="en")
-    data.add_argument("--target_lang", default="de")
-    data.add_argument("--train_file", default=None, help=".jsonl, .tsv, or 'src.txt,tgt.txt' aligned files")
-    data.add_argument("--validation_file", default=None)
-    data.add_argument("--test_file", default=None)
-    data.add_argument("--demo_pairs", type=int, default=110_000)
-    data.add_argument("--max_chars", type=int, default=1000, help="drop pairs with a longer side (counted)")
-    data.add_argument("--max_source_tokens", type=int, default=256)
-    data.add_argument("--max_target_tokens", type=int, default=256)
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--preset",
-        default="base",
-        choices=[*PRESETS, *SMALL_CONFIGS],
-        metavar="PRESET",
-        help="a Table 3 row (base, big, A-h1, ..., E-learned) or a small non-paper size (demo, tiny)",
-    )
-    model.add_argument("--config_overrides", default="{}", help="JSON, e.g. '{\"dropout\": 0.2}'")
-    model.add_argument("--vocab_size", type=int, default=37000, help="shared BPE vocabulary (paper: ~37000)")
-    model.add_argument("--tokenizer", default=None, help="an existing tokenizer folder instead of training one")
-    recipe = p.add_argument_group("recipe (paper defaults)")
-    recipe.add_argument("--max_tokens", type=int, default=50_000, help="source + target tokens per optimizer step")
-    recipe.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    recipe.add_argument("--max_steps", type=int, default=100_000)
-    recipe.add_argument("--warmup_steps", type=int, default=4000)
-    recipe.add_argument("--learning_rate", type=float, default=None, help="peak; default d_model^-0.5 * warmup^-0.5")
-    recipe.add_argument("--lr_scale", type=float, default=1.0, help="multiplies the peak learning rate")
-    recipe.add_argument("--seed", type=int, default=0)
-    recipe.add_argument("--bf16", action="store_true")
-    recipe.add_argument("--fp16", action="store_true")
-    recipe.add_argument("--gradient_checkpointing", action="store_true")
-    ckpt = p.add_argument_group("checkpoints and evaluation")
-    ckpt.add_argument("--save_steps", type=int, default=1000)
-    ckpt.add_argument("--save_minutes", type=float, default=None, help="also save every N minutes (paper: 10)")
-    ckpt.add_argument("--average_last", type=int, default=5, help="average the last K checkpoints (paper: 5 / 20)")
-    ckpt.add_argument("--eval_steps", type=int, default=1000)
-    ckpt.add_argument("--eval_samples", type=int, default=500, help="validation pairs decoded for BLEU / chrF")
-    ckpt.add_argument("--eval_batch_size", type=int, default=64)
-    ckpt.add_argument("--test_samples", type=int, default=None, help="score only the first N test pairs")
-    ckpt.add_argument("--logging_steps", type=int, default=50)
-    ckpt.add_argument("--no_progress", action="store_true")
-    ckpt.add_argument("--skip_test", action="store_true")
-    return p.parse_args(argv)
+RUN_OUTPUTS = ("averaged", "model", "tokenizer", "run_arguments.json", "results.json", "learning_curve.png")
+# Config entries that are bookkeeping, not the model: they may differ between a checkpoint and the run resuming it.
+UNCOMPARED_CONFIG_KEYS = {"transformers_version", "architectures", "auto_map", "_name_or_path", "dtype", "use_cache"}
 
 
-def build_config(args: argparse.Namespace, vocab_size: int) -> VanillaTransformerConfig:
-    """The --preset (a Table 3 row, or the demo's / the tests' small size) at the tokenizer's vocabulary size."""
-    overrides = json.loads(args.config_overrides)
-    return any_config(args.preset, **{"vocab_size": vocab_size, **overrides})
+def parse_args(argv: list[str] | None = None) -> RunArguments:
+    """The command line as `RunArguments` (model, data, paper and Seq2SeqTrainingArguments), checked."""
+    return parse_arguments(argv, description=__doc__)
 
 
-def prepare_tokenizer(args: argparse.Namespace, train_rows, output_dir: Path) -> PreTrainedTokenizerFast:
-    folder = output_dir / "tokenizer"
-    if args.tokenizer is not None:
-        return AutoTokenizer.from_pretrained(args.tokenizer)
-    if (folder / "tokenizer.json").is_file():  # a resumed run keeps its vocabulary
-        return AutoTokenizer.from_pretrained(folder)
-    texts = (pair[lang] for pair in train_rows["translation"] for lang in (args.source_lang, args.target_lang))
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size)
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def tokenize_split(rows, tokenizer, args: argparse.Namespace, split: str):
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        sources = [pair[args.source_lang] for pair in batch["translation"]]
-        targets = [pair[args.target_lang] for pair in batch["translation"]]
-        return {"input_ids": tokenizer(sources).input_ids, "labels": tokenizer(targets).input_ids}
-
-    encoded = rows.map(encode, batched=True, remove_columns=rows.column_names, desc=f"tokenizing {split}")
-    kept = encoded.filter(
-        lambda x: len(x["input_ids"]) <= args.max_source_tokens and len(x["labels"]) <= args.max_target_tokens
-    )
-    if len(kept) < len(encoded):
-        print(
-            f"[data] {split}: dropped {len(encoded) - len(kept)} of {len(encoded)} pairs over "
-            f"{args.max_source_tokens} source / {args.max_target_tokens} target tokens"
-        )
-    return kept
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_output_dir(output_dir: Path) -> None:
     """Fails before any work when the output folder cannot be created or written."""
-    probe = output_dir / ".write_test"
+    probe = output_dir / f".write_test_{os.getpid()}"
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
@@ -359,12 +326,223 @@ def check_output_dir(output_dir: Path) -> None:
         raise SystemExit(f"Cannot write to the output folder {output_dir}: {error}") from error
 
 
+def check_distributed_strategy() -> None:
+    """accelerate enables FSDP only on GPU-class devices: launched with an FSDP config on CPU processes, it
+    silently trains with plain DDP over gloo instead. Refused here rather than run another strategy than asked."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        raise SystemExit(
+            "The FSDP accelerate config needs CUDA GPUs: accelerate runs FSDP only on GPU-class devices and would "
+            "train these CPU processes with plain DDP instead. Use training/accelerate_configs/ddp.yaml (or "
+            "`accelerate launch --multi_gpu`) on CPU."
+        )
+
+
+def previous_run_outputs(output_dir: Path) -> list[Path]:
+    """What an earlier run of this command left in `output_dir`: its checkpoint-<step> folders and RUN_OUTPUTS."""
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)]
+    return sorted(found) + [output_dir / name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+
+
+def resolve_resume(run: RunArguments, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from, or None for a new run. A folder that holds another run is refused unless
+    --resume_from_checkpoint or --overwrite_output_dir says what to do with it."""
+    spec = run.training.resume_from_checkpoint
+    previous = previous_run_outputs(output_dir)
+    names = ", ".join(p.name for p in previous[:6]) + (", ..." if len(previous) > 6 else "")
+    if run.paper.overwrite_output_dir:
+        if spec is not None:
+            raise SystemExit(
+                "Give --resume_from_checkpoint (continue) or --overwrite_output_dir (start again), not both."
+            )
+        return None
+    if spec is None:
+        if previous:
+            raise SystemExit(
+                f"{output_dir} holds another run ({names}). Give --resume_from_checkpoint last to continue it (or "
+                "--resume_from_checkpoint PATH for one checkpoint), --overwrite_output_dir to start again (deletes "
+                "those), or another --output_dir."
+            )
+        return None
+    if spec == "last":
+        found = complete_checkpoints(output_dir, for_resume=True)
+        if not found:
+            print(f"[train] --resume_from_checkpoint last: no complete checkpoint in {output_dir}, a new run starts")
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_dir():
+        raise SystemExit(
+            f"--resume_from_checkpoint {spec}: no such folder (expected a checkpoint-<step> folder or 'last')."
+        )
+    if path.resolve() not in [c.resolve() for c in complete_checkpoints(path.parent, for_resume=True)]:
+        raise SystemExit(
+            f"--resume_from_checkpoint {spec} is not a complete checkpoint: expected a checkpoint-<step> folder with "
+            "model.safetensors, optimizer.pt, scheduler.pt, rng_state*.pth and a readable trainer_state.json."
+        )
+    step = int(CHECKPOINT_NAME.match(path.name).group(1))
+    newer = [c.name for c in complete_checkpoints(output_dir) if int(CHECKPOINT_NAME.match(c.name).group(1)) > step]
+    if newer:
+        raise SystemExit(
+            f"--resume_from_checkpoint {spec}: {output_dir} has newer checkpoints ({', '.join(newer)}) that the resumed "
+            "run would overwrite; move them away or resume from the last one."
+        )
+    return path
+
+
+def overwrite_previous_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: deletes exactly what an earlier run of this command wrote (RUN_OUTPUTS and its
+    checkpoint-<step> folders), nothing else in the folder."""
+    for path in previous_run_outputs(output_dir):
+        print(f"[train] --overwrite_output_dir: deleting {path}")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def first_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    for key in [*ours, *(k for k in theirs if k not in ours)]:  # in the order the run records them
+        if ours.get(key, "(absent)") != theirs.get(key, "(absent)"):
+            return key
+    return None
+
+
+def check_recorded_arguments(run: RunArguments, output_dir: Path, checkpoint: Path | None) -> None:
+    """A resumed run must be the run that wrote the checkpoint: the arguments that define the model, tokenizer,
+    data and schedule are compared with the ones recorded when it started; the first difference is named."""
+    recorded_file = (checkpoint.parent if checkpoint is not None else output_dir) / "run_arguments.json"
+    if not recorded_file.is_file():
+        return
+    recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    ours = json.loads(json.dumps(run.recorded()))  # the JSON round trip of what would be written
+    key = first_difference(ours, recorded)
+    if key is not None:
+        raise SystemExit(
+            f"Cannot resume: this run's {key} is {ours.get(key)!r} but the run in {recorded_file.parent} used "
+            f"{recorded.get(key)!r} ({recorded_file}). Give the same value, or start again with "
+            "--overwrite_output_dir or another --output_dir."
+        )
+
+
+def check_checkpoint_matches(checkpoint: Path, config: VanillaTransformerConfig, tokenizer) -> None:
+    """The checkpoint's config and tokenizer must be this run's, or resuming trains something else than asked."""
+    saved, ours = VanillaTransformerConfig.from_pretrained(checkpoint).to_dict(), config.to_dict()
+    for key in sorted((set(saved) | set(ours)) - UNCOMPARED_CONFIG_KEYS):
+        if saved.get(key) != ours.get(key):
+            raise SystemExit(
+                f"Cannot resume from {checkpoint}: its config has {key}={saved.get(key)!r} but this run's arguments "
+                f"give {key}={ours.get(key)!r}."
+            )
+    saved_tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    theirs, mine = saved_tokenizer.get_vocab(), tokenizer.get_vocab()
+    if theirs != mine:
+        differing = next((t for t in sorted(set(theirs) | set(mine)) if theirs.get(t) != mine.get(t)), None)
+        raise SystemExit(
+            f"Cannot resume from {checkpoint}: its tokenizer differs from this run's ({len(theirs)} vs {len(mine)} "
+            f"tokens; {differing!r} has id {theirs.get(differing)} there and {mine.get(differing)} here)."
+        )
+
+
+def load_source_config(model_args: ModelArguments, overrides: dict[str, Any]) -> VanillaTransformerConfig:
+    """--model_name_or_path's config, with the training-time overrides; a model of another kind is refused."""
+    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": model_args.token}
+    path = model_args.model_name_or_path
+    try:
+        found = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code, **hub)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--model_name_or_path {path}: cannot load its config ({error}).") from error
+    if found.model_type != VanillaTransformerConfig.model_type:
+        kind = {"marian": "marian", "fsmt": "fairseq"}.get(found.model_type, "marian|fairseq")
+        raise SystemExit(
+            f"--model_name_or_path {path} is a {found.model_type!r} model, not one of this project "
+            f"({VanillaTransformerConfig.model_type!r}). Convert it first: vanilla-transformer-convert {kind} "
+            f"{path} OUTPUT, then give OUTPUT."
+        )
+    try:
+        return VanillaTransformerConfig.from_pretrained(path, **hub, **overrides)
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise SystemExit(f"--config_overrides {overrides} for --model_name_or_path {path}: {error}") from error
+
+
+def initial_config(run: RunArguments) -> VanillaTransformerConfig:
+    """The model's config before the tokenizer exists (a new model's vocabulary size is set from it later)."""
+    if run.model.model_name_or_path is not None:
+        return load_source_config(run.model, run.overrides)
+    return any_config(run.model.preset, **{"vocab_size": run.model.vocab_size, **run.overrides})
+
+
+def prepare_tokenizer(run: RunArguments, train_rows, output_dir: Path):
+    """--tokenizer_name, else --model_name_or_path's own tokenizer, else the run's BPE vocabulary (trained once
+    and kept in OUTPUT_DIR/tokenizer, so a resumed run keeps it)."""
+    model_args = run.model
+    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": model_args.token}
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source is not None:
+        try:
+            return load_tokenizer(source, trust_remote_code=model_args.trust_remote_code, **hub)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"Cannot load the tokenizer of {source}: {error}") from error
+    folder = output_dir / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    langs = (run.data.source_lang, run.data.target_lang)
+    texts = (pair[lang] for pair in train_rows["translation"] for lang in langs)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=model_args.vocab_size)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tokenize_split(rows, tokenizer, data_args: DataTrainingArguments, split: str):
+    """run_translation's preprocessing: the optional source prefix, sources and targets (`text_target`, so a
+    tokenizer with a separate target vocabulary encodes the labels with it) truncated to --max_source_length /
+    --max_target_length, or with --drop_long_pairs the longer pairs dropped."""
+    prefix = data_args.source_prefix or ""
+    truncate = not data_args.drop_long_pairs
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        sources = [prefix + pair[data_args.source_lang] for pair in batch["translation"]]
+        targets = [pair[data_args.target_lang] for pair in batch["translation"]]
+        inputs = tokenizer(sources, max_length=data_args.max_source_length, truncation=truncate)
+        labels = tokenizer(text_target=targets, max_length=data_args.max_target_length, truncation=truncate)
+        return {"input_ids": inputs.input_ids, "labels": labels.input_ids}
+
+    encoded = rows.map(
+        encode,
+        batched=True,
+        remove_columns=rows.column_names,
+        num_proc=data_args.preprocessing_num_workers,
+        load_from_cache_file=not data_args.overwrite_cache,
+        desc=f"tokenizing {split}",
+    )
+    limits = (data_args.max_source_length, data_args.max_target_length)
+    if truncate:
+        at_limit = sum(
+            len(s) >= limits[0] or len(t) >= limits[1]
+            for s, t in zip(encoded["input_ids"], encoded["labels"], strict=True)
+        )
+        if at_limit:
+            print(
+                f"[data] {split}: {at_limit} of {len(encoded)} pairs reach --max_source_length {limits[0]} / "
+                f"--max_target_length {limits[1]} (longer ones are truncated; --drop_long_pairs drops them)"
+            )
+        return encoded
+    kept = encoded.filter(lambda x: len(x["input_ids"]) <= limits[0] and len(x["labels"]) <= limits[1])
+    if len(kept) < len(encoded):
+        print(
+            f"[data] {split}: dropped {len(encoded) - len(kept)} of {len(encoded)} pairs over {limits[0]} source / "
+            f"{limits[1]} target tokens"
+        )
+    if len(kept) == 0:
+        raise SystemExit(f"The {split!r} split is empty after dropping the pairs over the length limits.")
+    return kept
+
+
 def remove_incomplete_checkpoints(output_dir: Path, complete: list[Path]) -> None:
-    """Deletes checkpoint folders that a killed or failed save left half-written. They hold nothing usable, and
-    the Trainer must not save into them: it would overwrite their files without changing the folder's mtime, and
-    its mtime-ordered rotation would then take the new checkpoint for the oldest and delete it."""
-    for path in sorted(output_dir.glob("checkpoint-*")):
-        if path.is_dir() and path not in complete:
+    """Deletes this run's checkpoint-<step> folders that a killed or failed save left half-written. They hold
+    nothing usable, and the Trainer must not save into them: it would overwrite their files without changing the
+    folder's mtime, and its mtime-ordered rotation would then take the new checkpoint for the oldest and delete it.
+    Only folders named exactly checkpoint-<digits> are touched."""
+    for path in sorted(output_dir.iterdir()):
+        if path.is_dir() and CHECKPOINT_NAME.match(path.name) and path not in complete:
             print(f"[train] removing the incomplete checkpoint {path.name} (a save that did not finish)")
             shutil.rmtree(path)
 
@@ -382,125 +560,146 @@ def check_disk_space(output_dir: Path, parameters: int, checkpoints_kept: int) -
         )
 
 
+def peak_learning_rate(given: float | None, d_model: int, warmup_steps: float, lr_scale: float) -> float:
+    """§5.3: lrate peaks at d_model^-0.5 * warmup^-0.5 (at step = warmup); --learning_rate replaces the formula;
+    --lr_scale multiplies either."""
+    return (given if given is not None else d_model**-0.5 * warmup_steps**-0.5) * lr_scale
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.bf16 and args.fp16:
-        raise SystemExit("Give at most one of --bf16 and --fp16.")
-    output_dir = Path(args.output_dir)
+    run = parse_args(argv)
+    model_args, data_args, paper, training = run.model, run.data, run.paper, run.training
+    check_distributed_strategy()
+    output_dir = Path(training.output_dir)
     check_output_dir(output_dir)
-    set_seed(args.seed)
+    resume = resolve_resume(run, output_dir)
+    config = initial_config(run)  # --model_name_or_path's config is read (and checked) before any data
+    training.learning_rate = peak_learning_rate(training.learning_rate, config.d_model, training.warmup_steps,
+                                                paper.lr_scale)  # fmt: skip
+    check_recorded_arguments(run, output_dir, resume)
+    PartialState().wait_for_everyone()  # every process has checked the folder before the first one changes it
+    if is_main_process():
+        if paper.overwrite_output_dir:
+            overwrite_previous_run(output_dir)
+        (output_dir / "run_arguments.json").write_text(json.dumps(run.recorded(), indent=2) + "\n", encoding="utf-8")
+    set_seed(training.seed)
     started = time.perf_counter()
 
     data = load_translation_data(
-        args.dataset, args.dataset_config, args.source_lang, args.target_lang,
-        args.train_file, args.validation_file, args.test_file, args.demo_pairs, args.seed,
+        data_args.dataset_name, data_args.dataset_config_name, data_args.source_lang, data_args.target_lang,
+        data_args.train_file, data_args.validation_file, data_args.test_file, data_args.demo_pairs, training.seed,
+        cache_dir=model_args.cache_dir, token=model_args.token,
     )  # fmt: skip
     data = {
-        split: clean_split(rows, args.source_lang, args.target_lang, args.max_chars, split)
+        split: clean_split(rows, data_args.source_lang, data_args.target_lang, data_args.max_chars, split)
         for split, rows in data.items()
     }
-    tokenizer = prepare_tokenizer(args, data["train"], output_dir)
-    config = build_config(args, vocab_size=len(tokenizer))
+    if data_args.max_train_samples is not None:
+        data["train"] = data["train"].select(range(min(data_args.max_train_samples, len(data["train"]))))
+    with training.main_process_first(desc="the tokenizer"):  # trained once, by the first process
+        tokenizer = prepare_tokenizer(run, data["train"], output_dir)
+    if model_args.model_name_or_path is None:
+        config = any_config(model_args.preset, **{"vocab_size": len(tokenizer), **run.overrides})
     check_tokenizer_matches_config(tokenizer, config)
+    if resume is not None:
+        check_checkpoint_matches(resume, config, tokenizer)
 
-    train_set = tokenize_split(data["train"], tokenizer, args, "train")
-    validation_rows = data.get("validation")
+    train_set = tokenize_split(data["train"], tokenizer, data_args, "train") if training.do_train else None
     eval_set = None
-    if validation_rows is not None:
-        eval_rows = validation_rows.select(range(min(args.eval_samples, len(validation_rows))))
-        eval_set = tokenize_split(eval_rows, tokenizer, args, "validation")
+    if training.do_eval and data.get("validation") is not None:
+        rows = data["validation"]
+        eval_set = tokenize_split(rows.select(range(min(data_args.max_eval_samples or len(rows), len(rows)))),
+                                  tokenizer, data_args, "validation")  # fmt: skip
 
-    model = VanillaTransformerForConditionalGeneration(config)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    check_disk_space(output_dir, sum(p.numel() for p in model.parameters()), max(args.average_last, 1) + 1)
-    peak = args.learning_rate or config.d_model**-0.5 * args.warmup_steps**-0.5  # §5.3
-    peak *= args.lr_scale
-    resume = complete_checkpoints(output_dir, for_resume=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        remove_incomplete_checkpoints(output_dir, resume)
-    training_args = Seq2SeqTrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=args.max_steps,
-        learning_rate=peak,
-        lr_scheduler_type="inverse_sqrt",  # linear warm-up, then peak * sqrt(warmup / step): the paper's lrate
-        lr_scheduler_kwargs={"timescale": args.warmup_steps},
-        warmup_steps=args.warmup_steps,
-        optim="adamw_torch",  # with weight_decay 0 this is Adam, as in §5.3
-        adam_beta1=0.9,
-        adam_beta2=0.98,
-        adam_epsilon=1e-9,
-        weight_decay=0.0,
-        max_grad_norm=0.0,  # the paper does not clip gradients
-        label_smoothing_factor=0.0,  # smoothing is in the model's loss (config.label_smoothing)
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        per_device_eval_batch_size=args.eval_batch_size,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        eval_strategy="steps" if eval_set is not None else "no",
-        eval_steps=args.eval_steps,
-        predict_with_generate=True,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=None,  # KeepLastCheckpointsCallback keeps average_last + 1 checkpoints
-        logging_steps=args.logging_steps,
-        report_to=[],
-        seed=args.seed,
-        disable_tqdm=args.no_progress,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        remove_unused_columns=True,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    callbacks = [SaveAtEndCallback(), KeepLastCheckpointsCallback(max(args.average_last, 1) + 1)] + (
-        [SaveEveryMinutesCallback(args.save_minutes)] if args.save_minutes else []
+    if model_args.model_name_or_path is not None:
+        model = VanillaTransformerForConditionalGeneration.from_pretrained(
+            model_args.model_name_or_path, config=config, revision=model_args.model_revision,
+            cache_dir=model_args.cache_dir, token=model_args.token,
+        )  # fmt: skip
+    else:
+        model = VanillaTransformerForConditionalGeneration(config)
+        model.generation_config = paper_generation_config(config)
+    check_disk_space(output_dir, sum(p.numel() for p in model.parameters()), paper.average_last + 1)
+    if resume is None and training.resume_from_checkpoint == "last" and is_main_process():
+        remove_incomplete_checkpoints(output_dir, [])
+    elif resume is not None and resume.parent.resolve() == output_dir.resolve() and is_main_process():
+        remove_incomplete_checkpoints(output_dir, complete_checkpoints(output_dir, for_resume=True))
+
+    training.eval_strategy = IntervalStrategy.STEPS if eval_set is not None else IntervalStrategy.NO
+    if not torch.cuda.is_available() and "dataloader_pin_memory" not in run.given:
+        training.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns at every loader otherwise
+    if data_args.num_beams is not None:
+        training.generation_num_beams = data_args.num_beams
+    push, training.push_to_hub = training.push_to_hub, False  # the averaged model/ is what gets published, below
+    callbacks = [SaveAtEndCallback(), KeepLastCheckpointsCallback(paper.average_last + 1)] + (
+        [SaveEveryMinutesCallback(paper.save_minutes)] if paper.save_minutes else []
     )
     trainer = TokenBatchingTrainer(
         model=model,
-        args=training_args,
+        args=training,
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=make_compute_metrics(tokenizer),
         callbacks=callbacks,
-        max_tokens=args.max_tokens,
+        max_tokens=paper.max_tokens,
     )
 
-    last_state = json.loads((resume[-1] / "trainer_state.json").read_text()) if resume else None
-    done = last_state is not None and last_state["global_step"] >= args.max_steps
-    if resume and trainer.is_world_process_zero():
-        print(
-            f"[train] {resume[-1].name} is at max_steps: nothing to train"
-            if done
-            else f"[train] resuming from {resume[-1]}"
-        )
-    if done:
-        # The Trainer, resumed at max_steps, would take one more step before it checks; a finished run only
-        # repeats the averaging and the test.
-        trainer.state.global_step = args.max_steps
-        trainer.state.log_history = last_state["log_history"]
-    else:
-        trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
+    if training.do_train:
+        train(trainer, resume, training)
+    elif eval_set is not None:
+        trainer.evaluate()
     trainer.accelerator.wait_for_everyone()
 
     results: dict[str, Any] = {"steps": trainer.state.global_step}
     if trainer.is_world_process_zero():
-        results.update(finish(args, trainer, tokenizer, data, output_dir, started))
+        results.update(finish(run, trainer, tokenizer, data, output_dir, started))
+        if push:
+            publish(output_dir / "model", training)
     trainer.accelerator.wait_for_everyone()
     return results
 
 
-def finish(args, trainer, tokenizer, data, output_dir: Path, started: float) -> dict[str, Any]:
-    """Averages the last checkpoints into the Hub-ready model folder, scores it on the test split, writes the
-    learning curve and results.json."""
-    checkpoints = complete_checkpoints(output_dir)[-args.average_last :]
+def train(trainer: TokenBatchingTrainer, resume: Path | None, training: Seq2SeqTrainingArguments) -> None:
+    """Trains, from `resume` if given; a checkpoint that is already at the end is not trained further."""
+    state = json.loads((resume / "trainer_state.json").read_text()) if resume is not None else None
+    target = training.max_steps if training.max_steps > 0 else (state or {}).get("max_steps", 0)
+    done = state is not None and target > 0 and state["global_step"] >= target
+    if resume is not None and trainer.is_world_process_zero():
+        print(f"[train] {resume.name} is at max_steps: nothing to train" if done else f"[train] resuming from {resume}")
+    if done:
+        # The Trainer, resumed at max_steps, would take one more step before it checks; a finished run only
+        # repeats the averaging and the test.
+        trainer.state.global_step = state["global_step"]
+        trainer.state.log_history = state["log_history"]
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+
+
+def publish(model_dir: Path, training: Seq2SeqTrainingArguments) -> None:
+    """--push_to_hub: the averaged model folder, checked and uploaded by push_to_hub.py (the Trainer's own push
+    would send the last raw checkpoint's folder instead)."""
+    from .push_to_hub import upload
+
+    repo_id = training.hub_model_id or Path(training.output_dir).resolve().name
+    upload(model_dir, repo_id, private=bool(training.hub_private_repo), token=training.hub_token)
+
+
+def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, started: float) -> dict[str, Any]:
+    """Averages the last checkpoints into the Hub-ready model folder (or, without training, takes the given
+    model), scores it on the test split, writes the learning curve and results.json."""
+    data_args, paper = run.data, run.paper
+    checkpoints = complete_checkpoints(output_dir)[-paper.average_last :] if run.training.do_train else []
     model_dir = output_dir / "model"
-    average_checkpoints(checkpoints, output_dir / "averaged")
-    model = VanillaTransformerForConditionalGeneration.from_pretrained(output_dir / "averaged")
-    # Seq2SeqTrainer writes transformers' defaults (max_length=20, ...) into the generation config it evaluates
-    # with; the published model gets the paper's decoding (§6.1) and nothing else.
-    model.generation_config = paper_generation_config(model.config)
+    if checkpoints:
+        average_checkpoints(checkpoints, output_dir / "averaged")
+        model = VanillaTransformerForConditionalGeneration.from_pretrained(output_dir / "averaged")
+        # Seq2SeqTrainer writes transformers' defaults (max_length=20, ...) into the generation config it evaluates
+        # with; the published model gets the source model's decoding, or for a new model the paper's (§6.1).
+        model.generation_config = copy.deepcopy(trainer.model.generation_config)
+    else:
+        model = trainer.model
     model.save_pretrained(model_dir)  # weights, config with auto_map, code files, generation config
     tokenizer.save_pretrained(model_dir)
     plot_learning_curve(trainer.state.log_history, output_dir / "learning_curve.png")
@@ -514,27 +713,33 @@ def finish(args, trainer, tokenizer, data, output_dir: Path, started: float) -> 
         "device": f"{trainer.args.world_size} x {trainer.args.device.type}",
         "log_history": trainer.state.log_history,
     }
-    if not args.skip_test and "test" in data:
+    evaluations = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if evaluations:
+        results["validation"] = {k[5:]: v for k, v in evaluations[-1].items() if k.startswith("eval_")}
+    if run.training.do_predict and not paper.skip_test and "test" in data:
         test = data["test"]
-        if args.test_samples:
-            test = test.select(range(min(args.test_samples, len(test))))
+        if data_args.max_predict_samples:
+            test = test.select(range(min(data_args.max_predict_samples, len(test))))
         pairs = test["translation"]
-        sources = [p[args.source_lang] for p in pairs]
-        references = [p[args.target_lang] for p in pairs]
+        prefix = data_args.source_prefix or ""
+        sources = [prefix + p[data_args.source_lang] for p in pairs]
+        references = [p[data_args.target_lang] for p in pairs]
         start = time.perf_counter()
-        hypotheses = translate(model, tokenizer, sources)
+        beams = {"num_beams": data_args.num_beams} if data_args.num_beams else {}
+        hypotheses = translate(model, tokenizer, sources, **beams)
         scores = translation_scores(hypotheses, references)
         results["test"] = {**scores, "pairs": len(pairs), "decode_seconds": round(time.perf_counter() - start, 1)}
         results["test_examples"] = [
             {"source": s, "reference": r, "hypothesis": h}
             for s, r, h in list(zip(sources, references, hypotheses, strict=True))[:10]
         ]
+        described = f"averaged model of {len(checkpoints)} checkpoints" if checkpoints else "the given model"
         print(
-            f"[test] {len(pairs)} pairs, averaged model of {len(checkpoints)} checkpoints: "
+            f"[test] {len(pairs)} pairs, {described}: "
             f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}  exact match {scores['exact_match']:.2f}%"
         )
         pictures = attention_maps(model, tokenizer, sources[0], model_dir)
-        write_demo_card(args, model, results, checkpoints, pictures, model_dir, example=sources[0])
+        write_demo_card(run, model, results, checkpoints, pictures, model_dir, example=sources[0])
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     (model_dir / "results.json").write_text(
         json.dumps({k: v for k, v in results.items() if k != "log_history"}, indent=2, ensure_ascii=False)
@@ -542,48 +747,75 @@ def finish(args, trainer, tokenizer, data, output_dir: Path, started: float) -> 
     return results
 
 
-def write_demo_card(args, model, results, checkpoints, pictures, model_dir: Path, example: str) -> None:
+def write_demo_card(run: RunArguments, model, results, checkpoints, pictures, model_dir: Path, example: str) -> None:
     """The model folder's README.md: a model card with the measured test scores, the learning curve and the
     attention maps."""
+    data_args, training = run.data, run.training
     test = results["test"]
+    demo = data_args.dataset_name is None and data_args.train_file is None
     dataset = (
-        "bundled demo corpus (numbers and dates, num2words + Babel CLDR)" if args.dataset == "demo" else args.dataset
+        "bundled demo corpus (numbers and dates, num2words + Babel CLDR)"
+        if demo
+        else data_args.dataset_name or f"local files ({Path(data_args.train_file).name}, ...)"
+    )
+    source = run.model.model_name_or_path
+    name = Path(source).name if source else run.model.preset
+    languages = f"{data_args.source_lang}-{data_args.target_lang}"
+    averaged = (
+        f"the last {len(checkpoints)} averaged ({', '.join(c.name for c in checkpoints)})"
+        if checkpoints
+        else "no training (the given model)"
     )
     card = render_card(
         model.config,
-        repo_id=f"vanilla-transformer-{args.preset}-{args.source_lang}-{args.target_lang}",
-        title=f"Transformer ({args.preset}), {args.source_lang} -> {args.target_lang}",
-        summary=f"Trained on the {dataset}: {results['parameters']:,} parameters, {results['steps']} steps, the "
-        f"average of the last {len(checkpoints)} checkpoints.",
+        repo_id=f"vanilla-transformer-{name}-{languages}",
+        title=f"Transformer ({name}), {data_args.source_lang} -> {data_args.target_lang}",
+        summary=(f"Fine-tuned from `{source}`" if source else "Trained")
+        + f" on the {dataset}: {results['parameters']:,} parameters, {results['steps']} steps, {averaged}.",
         training=(
             f"`vanilla-transformer-train {' '.join(sys.argv[1:]) if sys.argv[1:] else '(defaults)'}`\n\n"
-            f"Adam (0.9, 0.98, 1e-9); the inverse-square-root schedule with {args.warmup_steps} warm-up steps and "
+            f"{training.optim.value} ({training.adam_beta1}, {training.adam_beta2}, {training.adam_epsilon}); the "
+            f"{training.lr_scheduler_type.value} schedule with {training.warmup_steps} warm-up steps and "
             f"peak {results['peak_learning_rate']:.3g}; label smoothing {model.config.label_smoothing}; batches of "
-            f"at most {args.max_tokens} source + target tokens; {results['steps']} steps on {results['device']}, "
-            f"{results['train_seconds']:.0f} s from the corpus to the last checkpoint; checkpoints every {args.save_steps} steps, "
-            f"the last {len(checkpoints)} averaged ({', '.join(c.name for c in checkpoints)})."
+            f"at most {run.paper.max_tokens} source + target tokens; {results['steps']} steps on {results['device']}, "
+            f"{results['train_seconds']:.0f} s from the corpus to the last checkpoint; checkpoints every "
+            f"{training.save_steps} steps, {averaged}."
         ),
         results=(
-            f"Decoded with the paper's beam search (beam 4, GNMT length penalty 0.6, maximum length = source "
-            f"length + 50), scored with sacreBLEU on detokenized text:\n\n{result_lines(test)}"
+            f"Decoded with the model's generation config ({describe_decoding(model.generation_config)}), scored "
+            f"with sacreBLEU on detokenized text:\n\n{result_lines(test)}"
         ),
         limitations=(
             "A demonstration model: it translates English number words and dates of the form the corpus has "
             "(years 1000-2999, numbers below ten million) and nothing else. It shows the architecture, the recipe "
             "and the Hugging Face integration working end to end on a CPU."
-            if args.dataset == "demo"
+            if demo
             else "Trained for the data named above; judge it on your own data before use."
         ),
-        languages=(args.source_lang, args.target_lang),
-        datasets=None if args.dataset == "demo" else [args.dataset],
+        languages=(data_args.source_lang, data_args.target_lang),
+        datasets=[data_args.dataset_name] if data_args.dataset_name else None,
         scores=test,
         dataset_name=dataset,
-        dataset_type="demo" if args.dataset == "demo" else args.dataset,
+        dataset_type="demo" if demo else (data_args.dataset_name or "local"),
         pictures=[("learning curve", "learning_curve.png")] + [(p.stem.replace("_", " "), p.name) for p in pictures],
         example_source=example,
     )
     card.save(model_dir / "README.md")
     check_card(model_dir / "README.md")
+
+
+def describe_decoding(generation_config) -> str:
+    """E.g. 'beam 4, GNMT length penalty 0.6, maximum length = source length + 50' (the paper's, §6.1)."""
+    parts = [f"beam {generation_config.num_beams}" if generation_config.num_beams > 1 else "greedy"]
+    if generation_config.num_beams > 1:
+        kind = "GNMT" if getattr(generation_config, "length_penalty_type", None) == "gnmt" else "transformers'"
+        parts.append(f"{kind} length penalty {generation_config.length_penalty}")
+    over = getattr(generation_config, "max_new_tokens_over_source", None)
+    if over is not None:
+        parts.append(f"maximum length = source length + {over}")
+    elif generation_config.max_new_tokens is not None:
+        parts.append(f"at most {generation_config.max_new_tokens} new tokens")
+    return ", ".join(parts)
 
 
 def cli() -> None:

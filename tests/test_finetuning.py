@@ -1,0 +1,365 @@
+"""The training command as a transformers user drives it (run_translation.py's flags): every Trainer flag, the
+paper's recipe where a flag is not given, fine-tuning an existing model on local files, explicit resume, plain NLL
+and perplexity, a complete wheel, the README's command lines."""
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import python_without_this_package
+from interop_fixtures import demo_sentences, opus_mt_folder
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer_training import train as train_module
+from hf_vanilla_transformer_training.train import initial_config, main, parse_args, peak_learning_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--preset", "tiny", "--vocab_size", "200", "--demo_pairs", "1400", "--max_tokens", "800", "--warmup_steps", "4",
+        "--lr_scale", "4", "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+# ---- arguments -------------------------------------------------------------------------------------------------
+def test_the_paper_recipe_fills_every_flag_that_is_not_given():
+    run = parse_args(["--output_dir", "unused"])
+    t = run.training
+    assert (t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay, t.max_grad_norm) == (0.9, 0.98, 1e-9, 0.0, 0.0)
+    assert t.optim.value == "adamw_torch" and t.lr_scheduler_type.value == "inverse_sqrt"
+    assert t.lr_scheduler_kwargs == {"timescale": 4000} and t.warmup_steps == 4000 and t.max_steps == 100_000
+    assert t.report_to == [] and t.predict_with_generate and (t.do_train, t.do_eval, t.do_predict) == (True,) * 3
+    assert run.paper.max_tokens == 50_000 and run.paper.average_last == 5 and run.model.preset == "base"
+    # §5.3's peak: d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) at step = warmup.
+    assert t.learning_rate is None  # not given: the formula, from the model's d_model
+    assert peak_learning_rate(None, 512, 4000, 1.0) == pytest.approx(512**-0.5 * 4000 * 4000**-1.5, rel=1e-12)
+    assert peak_learning_rate(3e-4, 512, 4000, 2.0) == pytest.approx(6e-4)
+    assert peak_learning_rate(0.0, 512, 4000, 1.0) == 0.0  # an explicit 0 is kept, not replaced by the formula
+
+
+def test_every_trainer_flag_reaches_the_trainer_arguments():
+    run = parse_args(["--output_dir", "out", "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id", "me/x",
+                      "--torch_compile", "--optim", "adafactor", "--bf16", "--gradient_checkpointing",
+                      "--per_device_eval_batch_size", "8", "--num_train_epochs", "3", "--learning_rate", "5e-5",
+                      "--lr_scheduler_type", "linear", "--warmup_steps", "10", "--do_train",
+                      "--resume_from_checkpoint", "last", "--source_prefix", "translate: ", "--max_source_length",
+                      "64", "--dataset_name", "wmt14", "--dataset_config_name", "de-en"])  # fmt: skip
+    t = run.training
+    assert t.report_to == ["tensorboard"] and t.push_to_hub and t.hub_model_id == "me/x" and t.torch_compile
+    assert t.optim.value == "adafactor" and t.bf16 and t.gradient_checkpointing and t.per_device_eval_batch_size == 8
+    # --num_train_epochs decides the length (the paper's 100k steps are not imposed on top of it)
+    assert t.num_train_epochs == 3 and t.max_steps == -1
+    assert t.learning_rate == 5e-5 and t.lr_scheduler_type.value == "linear" and not t.lr_scheduler_kwargs
+    assert t.do_train and not t.do_predict and t.resume_from_checkpoint == "last"
+    assert run.data.source_prefix == "translate: " and run.data.max_source_length == 64
+    assert (run.data.dataset_name, run.data.dataset_config_name) == ("wmt14", "de-en")
+
+
+def test_a_json_file_of_arguments_is_read_as_run_translation_reads_one(tmp_path):
+    (tmp_path / "args.json").write_text(json.dumps({"output_dir": "o", "preset": "tiny", "max_steps": 7,
+                                                    "config_overrides": {"dropout": 0.3}, "bf16": True}))  # fmt: skip
+    run = parse_args([str(tmp_path / "args.json")])
+    assert run.model.preset == "tiny" and run.training.max_steps == 7 and run.training.bf16
+    assert run.overrides == {"dropout": 0.3} and initial_config(run).dropout == 0.3
+
+
+@pytest.fixture
+def no_data_work(monkeypatch):
+    """Argument errors must come before any corpus, data file or tokenizer work."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data or tokenizer work started before the arguments were checked")
+
+    monkeypatch.setattr(train_module, "load_translation_data", forbidden)
+    monkeypatch.setattr(train_module, "train_bpe_tokenizer", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--config_overrides", "{dropout: 1}"], r"--config_overrides '\{dropout: 1\}' is not valid JSON"),
+        (["--config_overrides", "[1]"], r"is a list; expected a JSON object"),
+        (["--config_overrides", '{"dropuot": 0.2}'], r"names 'dropuot', which VanillaTransformerConfig does not have"),
+        (["--config_overrides", '{"d_model": 100, "h": 3}'], r"--preset tiny with --config_overrides .*d_model"),
+        (["--train_file", "missing.jsonl"], r"--train_file: the data file missing.jsonl does not exist"),
+        (["--train_file", "README.md"], r"--train_file README.md: unknown data file type '.md'; expected one of"),
+        (["--train_file", "a,b,c"], r"expected one file, or two aligned text files"),
+        (["--validation_file", "pyproject.toml"], r"--validation_file / --test_file need --train_file"),
+        (["--dataset_name", "wmt14", "--train_file", "x.json"], r"Give --dataset_name or --train_file, not both"),
+        (["--warmup_steps", "0"], r"--warmup_steps 0(.0)?: the paper's schedule divides by the warm-up length"),
+        (["--max_source_length", "0"], r"--max_source_length 0 is invalid: expected an integer >= 1"),
+        (["--num_beams", "0"], r"--num_beams 0 is invalid"),
+        (["--lr_scale", "-1"], r"--lr_scale -1.0 is invalid"),
+        (["--model_name_or_path", "x", "--preset", "base"], r"--model_name_or_path .* or --preset .*, not both"),
+        (["--model_name_or_path", "x", "--config_overrides", '{"d_ff": 8}'], r"d_ff would change the weights"),
+        (["--model_name_or_path", "no/such/folder"], r"--model_name_or_path no/such/folder: cannot load its config"),
+    ],
+)
+def test_argument_errors_are_named_before_any_data_is_read(tmp_path, no_data_work, arguments, message):
+    with pytest.raises(SystemExit, match=message):
+        base = [] if "--model_name_or_path" in arguments else TINY
+        main(["--output_dir", str(tmp_path / "run"), *base, *arguments])
+
+
+def test_an_unknown_preset_is_refused_by_the_parser(tmp_path, no_data_work, capsys):
+    with pytest.raises(SystemExit):
+        main(["--output_dir", str(tmp_path / "run"), "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_a_model_of_another_kind_is_refused_with_the_converter_to_use(tmp_path, no_data_work):
+    marian = opus_mt_folder(tmp_path / "opus-mt")
+    with pytest.raises(SystemExit, match=r"is a 'marian' model, not one of this project .*vanilla-transformer-convert "
+                       r"marian .*opus-mt OUTPUT"):  # fmt: skip
+        main(["--output_dir", str(tmp_path / "run"), "--model_name_or_path", str(marian)])
+
+
+def test_the_fsdp_config_on_cpu_processes_is_refused_with_what_it_needs(tmp_path, monkeypatch, no_data_work):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"The FSDP accelerate config needs CUDA GPUs"):
+        main(["--output_dir", str(tmp_path / "run"), *TINY])
+
+
+# ---- runs ------------------------------------------------------------------------------------------------------
+def write_local_data(folder: Path) -> dict[str, str]:
+    """The three local layouts: JSON lines (translation layout), CSV with a header, aligned text files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = demo_sentences(300, seed=3)
+    with open(folder / "train.jsonl", "w", encoding="utf-8") as handle:
+        for en, de in pairs[:240]:
+            handle.write(json.dumps({"translation": {"en": en, "de": de}}) + "\n")
+    with open(folder / "dev.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("en", "de"), *pairs[240:270]])
+    (folder / "test.en").write_text("".join(en + "\n" for en, _ in pairs[270:]), encoding="utf-8")
+    (folder / "test.de").write_text("".join(de + "\n" for _, de in pairs[270:]), encoding="utf-8")
+    return {"train": str(folder / "train.jsonl"), "validation": str(folder / "dev.csv"),
+            "test": f"{folder / 'test.en'},{folder / 'test.de'}"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_converted_opus_mt_model_on_local_files(tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_vanilla_transformer.convert import convert_marian
+
+    source = convert_marian(opus_mt_folder(tmp_path / "opus-mt"), tmp_path / "converted")
+    files = write_local_data(tmp_path / "data")
+    out = tmp_path / "run"
+    results = main(["--model_name_or_path", str(source), "--train_file", files["train"], "--validation_file",
+                    files["validation"], "--test_file", files["test"], "--output_dir", str(out), "--max_steps", "4",
+                    "--save_steps", "2", "--eval_steps", "2", "--learning_rate", "3e-4", "--warmup_steps", "2",
+                    "--max_tokens", "2000", "--average_last", "2", "--disable_tqdm", "true"])  # fmt: skip
+    assert results["steps"] == 4 and results["averaged_checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    assert results["test"]["pairs"] == 30
+    # Marian's loss has no label smoothing, so the model's eval_loss is the plain NLL: the added metric must agree.
+    validation = results["validation"]
+    assert validation["nll"] == pytest.approx(validation["loss"], rel=1e-4)
+    assert validation["perplexity"] == pytest.approx(math.exp(validation["nll"]), rel=1e-6)
+    # The published folder keeps the model's own tokenizer (Marian's two SentencePiece models) and decoding.
+    model_dir = out / "model"
+    assert {"source.spm", "target.spm", "vocab.json"} <= {p.name for p in model_dir.iterdir()}
+    assert type(AutoTokenizer.from_pretrained(model_dir)).__name__ == "MarianTokenizer"
+    assert json.loads((model_dir / "generation_config.json").read_text())["length_penalty_type"] == "transformers"
+    tuned = VanillaTransformerForConditionalGeneration.from_pretrained(model_dir).state_dict()
+    start = VanillaTransformerForConditionalGeneration.from_pretrained(source).state_dict()
+    assert not torch.equal(tuned["model.encoder.layers.0.self_attn.q_proj.weight"],
+                           start["model.encoder.layers.0.self_attn.q_proj.weight"])  # fmt: skip
+
+
+def independent_nll(checkpoint: Path, pairs: list[dict[str, str]]) -> float:
+    """Mean token NLL of `pairs` under `checkpoint`, by log-softmax and gather, one sentence at a time."""
+    from transformers import AutoTokenizer
+
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    total, count = 0.0, 0
+    for pair in pairs:
+        source = torch.tensor([tokenizer(pair["en"]).input_ids])
+        target = torch.tensor([tokenizer(text_target=pair["de"]).input_ids])
+        decoder_input = torch.cat([torch.tensor([[model.config.decoder_start_token_id]]), target[:, :-1]], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=source, decoder_input_ids=decoder_input).logits
+        total -= logits.log_softmax(-1).gather(-1, target[..., None]).sum().item()
+        count += target.numel()
+    return total / count
+
+
+@pytest.mark.slow
+def test_a_run_reports_plain_nll_and_perplexity_warns_nothing_and_resumes_only_explicitly(tmp_path, capfd):
+    from hf_vanilla_transformer_training.data import clean_split, load_translation_data
+
+    out = tmp_path / "run"
+    common = [*TINY, "--output_dir", str(out), "--save_steps", "2", "--eval_steps", "2", "--max_eval_samples", "20",
+              "--average_last", "2", "--max_predict_samples", "10"]  # fmt: skip
+    results = main([*common, "--max_steps", "2"])
+    printed = capfd.readouterr()
+    for unasked in ("max_new_tokens", "pin_memory", "missing keys"):
+        assert unasked not in printed.out + printed.err, unasked
+    # eval_nll against an independent computation at the checkpoint it was measured on (label smoothing 0.1 here,
+    # so eval_loss is larger than the plain NLL).
+    evaluation = next(e for e in results["log_history"] if "eval_nll" in e)
+    rows = load_translation_data(demo_pairs=1400)["validation"]
+    pairs = clean_split(rows, "en", "de", 1000, "validation").select(range(20))["translation"]
+    assert evaluation["eval_nll"] == pytest.approx(independent_nll(out / "checkpoint-2", pairs), rel=1e-4)
+    assert evaluation["eval_perplexity"] == pytest.approx(math.exp(evaluation["eval_nll"]), rel=1e-6)
+    assert evaluation["eval_loss"] > evaluation["eval_nll"]
+
+    # A rerun into the used folder, without --resume_from_checkpoint or --overwrite_output_dir: refused, and
+    # nothing deleted or changed.
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    with pytest.raises(SystemExit, match=r"holds another run \(checkpoint-2, .*Give --resume_from_checkpoint last"):
+        main([*common, "--max_steps", "4"])
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    # Resuming with another model: refused, naming the field, before any data (recorded run arguments) ...
+    with pytest.raises(SystemExit, match=r"Cannot resume: this run's config_overrides is \{'d_ff': 32\} but the run"):
+        main([*common, "--max_steps", "4", "--resume_from_checkpoint", "last", "--config_overrides", '{"d_ff": 32}'])
+    # ... and by the checkpoint's own config where no record exists (a checkpoint from elsewhere).
+    (out / "run_arguments.json").unlink()
+    with pytest.raises(SystemExit, match=r"checkpoint-2: its config has d_ff=64 but this run's arguments give d_ff=32"):
+        main([*common, "--max_steps", "4", "--resume_from_checkpoint", "last", "--config_overrides", '{"d_ff": 32}'])
+    capfd.readouterr()
+    resumed = main([*common, "--max_steps", "4", "--resume_from_checkpoint", "last"])
+    printed = capfd.readouterr()
+    assert f"[train] resuming from {out / 'checkpoint-2'}" in printed.out and resumed["steps"] == 4
+    assert "missing keys" not in printed.out + printed.err
+    # --overwrite_output_dir deletes exactly the run's outputs; the user's own files stay.
+    (out / "my_notes.txt").write_text("keep me")
+    (out / "checkpoint-best").mkdir()
+    main([*common, "--max_steps", "2", "--overwrite_output_dir"])
+    assert (out / "my_notes.txt").read_text() == "keep me" and (out / "checkpoint-best").is_dir()
+    assert not (out / "checkpoint-4").exists() and (out / "checkpoint-2").is_dir()
+
+
+@pytest.mark.slow
+def test_push_to_hub_publishes_the_averaged_model_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id))
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    monkeypatch.setattr(huggingface_hub.ModelCard, "validate", lambda self, *a, **k: None)  # the Hub's own check
+    out = tmp_path / "run"
+    main([*TINY, "--output_dir", str(out), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "1000",
+          "--average_last", "1", "--max_predict_samples", "5", "--push_to_hub", "--hub_model_id", "me/tiny"])  # fmt: skip
+    assert calls[0] == ("create", "me/tiny")
+    upload = calls[1][1]
+    assert upload["repo_id"] == "me/tiny" and Path(upload["folder_path"]) == out / "model"
+    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= set(upload["allow_patterns"])
+
+
+@pytest.mark.slow
+def test_streaming_as_the_readme_shows_it_equals_greedy_decoding(tmp_path):
+    """The README's TextStreamer example (greedy: streamers take one sequence) prints what greedy decoding returns;
+    with the default beam 4 the library refuses a streamer."""
+    import contextlib
+    import io
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    main([*TINY, "--output_dir", str(out), "--max_steps", "8", "--save_steps", "8", "--eval_steps", "1000",
+          "--average_last", "1", "--skip_test"])  # fmt: skip
+    block = next(b for b in re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+                 if "TextStreamer" in b)  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(block.replace("outputs/demo/model", str(out / "model")), {})
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(out / "model").eval()
+    source = re.search(r'tokenizer\("([^"]+)"', block).group(1)
+    greedy = model.generate(**tokenizer(source, return_tensors="pt"), num_beams=1)
+    assert printed.getvalue().strip() == tokenizer.decode(greedy[0], skip_special_tokens=True).strip()
+    from transformers import TextStreamer
+
+    with pytest.raises(ValueError, match="streamer"):
+        model.generate(**tokenizer(source, return_tensors="pt"), streamer=TextStreamer(tokenizer))
+
+
+@pytest.mark.slow
+def test_the_readme_command_lines_run(tmp_path, monkeypatch):
+    """Each `vanilla-transformer-train` line of the README's training block, in order, at a tiny size."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- training commands -->", 2)[1]
+    commands = [line.split()[1:] for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("vanilla-transformer-train")]  # fmt: skip
+    assert len(commands) >= 4
+    write_local_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    tiny = {"--vocab_size": "200", "--demo_pairs": "1400", "--max_tokens": "2000", "--max_steps": "2",
+            "--save_steps": "2", "--eval_steps": "2", "--max_eval_samples": "10", "--max_predict_samples": "10",
+            "--average_last": "1", "--disable_tqdm": "true", "--warmup_steps": "2"}  # fmt: skip
+    for arguments in commands:
+        arguments = [
+            "tiny" if previous == "--preset" else value
+            for previous, value in zip(["", *arguments], arguments, strict=True)
+        ]
+        fine_tuning = "--model_name_or_path" in arguments
+        resuming = "--resume_from_checkpoint" in arguments
+        extra = {k: v for k, v in tiny.items() if not (fine_tuning and k == "--vocab_size")}
+        if resuming:
+            extra["--max_steps"] = "3"
+        results = main([*arguments, *(item for pair in extra.items() for item in pair)])
+        assert results["steps"] == (3 if resuming else 2), arguments
+
+
+# ---- packaging -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_wheel_is_complete_and_its_command_trains_outside_the_checkout(tmp_path):
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building in place would write build/ and *.egg-info into the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "outputs", "*.egg-info",
+                                                                "__pycache__", "tests", "benchmarks"))  # fmt: skip
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)  # fmt: skip
+    assert (target / "hf_vanilla_transformer_training" / "templates" / "model_card.md").is_file()
+    assert (target / "hf_vanilla_transformer_training" / "accelerate_configs" / "ddp.yaml").is_file()
+    env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    where = subprocess.run([sys.executable, "-c", "import hf_vanilla_transformer_training as t; print(t.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert where.stdout.startswith(str(target)), where.stdout  # the wheel's copy, not the checkout
+    result = subprocess.run([str(target / "bin" / "vanilla-transformer-train"), *TINY, "--output_dir", "run",
+                             "--max_steps", "2", "--save_steps", "2", "--eval_steps", "1000", "--average_last", "1",
+                             "--max_predict_samples", "5"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "README.md").is_file()  # the card template came from the wheel
+
+
+def test_the_model_folders_tokenizer_loads_where_the_package_is_absent_without_running_code(tmp_path):
+    """A user without the package loads the tokenizer with trust_remote_code=False: no prompt, no code from the
+    folder runs (transformers' AutoTokenizer reads the folder's config.json through AutoConfig first, which asks
+    about the config's auto_map unless told; the model itself needs trust_remote_code=True)."""
+    from hf_vanilla_transformer import small_config
+    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["one two three four", "eins zwei drei vier"] * 50, vocab_size=40)
+    folder = tmp_path / "model"
+    VanillaTransformerForConditionalGeneration(small_config("tiny", vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "configuration_vanilla_transformer.py").write_text("raise SystemExit('folder code ran')\n")
+    python, env = python_without_this_package(tmp_path)
+    code = ("from transformers import AutoTokenizer\n"
+            f"t = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=False)\n"
+            "print(t('one two').input_ids)")  # fmt: skip
+    result = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, input="", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(tokenizer("one two").input_ids)
+    assert "trust_remote_code" not in result.stdout + result.stderr and "folder code ran" not in result.stdout
