@@ -304,7 +304,7 @@ def test_the_readme_command_lines_run(tmp_path, monkeypatch):
     for arguments in commands:
         arguments = [
             "tiny" if previous == "--preset" else value
-            for previous, value in zip(["", *arguments], arguments, strict=True)
+            for previous, value in zip(["", *arguments[:-1]], arguments, strict=True)
         ]
         fine_tuning = "--model_name_or_path" in arguments
         resuming = "--resume_from_checkpoint" in arguments
@@ -363,3 +363,50 @@ def test_the_model_folders_tokenizer_loads_where_the_package_is_absent_without_r
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(tokenizer("one two").input_ids)
     assert "trust_remote_code" not in result.stdout + result.stderr and "folder code ran" not in result.stdout
+
+
+def test_preprocessing_truncates_prefixes_and_encodes_targets_as_run_translation_does(tmp_path):
+    """Sources get --source_prefix and are cut at --max_source_length with </s> kept last; targets are encoded as
+    targets (`text_target`: MarianTokenizer then uses the target SentencePiece model); --drop_long_pairs drops."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from hf_vanilla_transformer_training.arguments import DataTrainingArguments
+    from hf_vanilla_transformer_training.train import tokenize_split
+
+    tokenizer = AutoTokenizer.from_pretrained(opus_mt_folder(tmp_path / "opus-mt", separate_vocabularies=True))
+    pairs = demo_sentences(40, seed=5)
+    rows = Dataset.from_dict({"translation": [{"en": en, "de": de} for en, de in pairs]})
+    median = lambda lengths: sorted(lengths)[len(lengths) // 2]  # noqa: E731  (half the pairs are cut)
+    ls = median([len(tokenizer("twenty " + en).input_ids) for en, _ in pairs])
+    lt = median([len(tokenizer(text_target=de).input_ids) for _, de in pairs])
+    data = DataTrainingArguments(max_source_length=ls, max_target_length=lt, source_prefix="twenty ")
+    encoded = tokenize_split(rows, tokenizer, data, "train")
+    for (en, de), source, labels in zip(pairs, encoded["input_ids"], encoded["labels"], strict=True):
+        full_source = tokenizer("twenty " + en).input_ids
+        full_labels = tokenizer(text_target=de).input_ids
+        assert source == (full_source if len(full_source) <= ls else full_source[: ls - 1] + [tokenizer.eos_token_id])
+        assert labels == (full_labels if len(full_labels) <= lt else full_labels[: lt - 1] + [tokenizer.eos_token_id])
+    assert any(tokenizer(text_target=de).input_ids != tokenizer(de).input_ids for _, de in pairs)
+    data.drop_long_pairs = True
+    kept = tokenize_split(rows, tokenizer, data, "train")
+    expected = sum(len(tokenizer("twenty " + en).input_ids) <= ls and len(tokenizer(text_target=de).input_ids) <= lt
+                   for en, de in pairs)  # fmt: skip
+    assert 0 < len(kept) == expected < len(pairs)
+
+
+@pytest.mark.slow
+def test_trainer_flags_change_the_run_optimizer_and_epochs(tmp_path):
+    """--optim and --num_train_epochs reach the Trainer: the checkpoint's optimizer state is SGD's, and one epoch
+    of the token batches is trained (not the paper's 100k steps)."""
+    out = tmp_path / "run"
+    results = main([*TINY, "--output_dir", str(out), "--optim", "sgd", "--learning_rate", "0.1", "--num_train_epochs",
+                    "1", "--max_train_samples", "300", "--gradient_checkpointing", "--save_steps", "1000",
+                    "--eval_steps", "1000", "--average_last", "1", "--skip_test"])  # fmt: skip
+    (checkpoint,) = out.glob("checkpoint-*")
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["epoch"] == 1.0 and results["steps"] == state["global_step"] == state["max_steps"] > 0
+    group = torch.load(checkpoint / "optimizer.pt", weights_only=True)["param_groups"][0]
+    assert (
+        "momentum" in group and "betas" not in group and group["initial_lr"] == pytest.approx(0.1 * 4)
+    )  # TINY: --lr_scale 4

@@ -423,6 +423,10 @@ def check_recorded_arguments(run: RunArguments, output_dir: Path, checkpoint: Pa
         )
 
 
+def record_arguments(run: RunArguments, output_dir: Path) -> None:
+    (output_dir / "run_arguments.json").write_text(json.dumps(run.recorded(), indent=2) + "\n", encoding="utf-8")
+
+
 def check_checkpoint_matches(checkpoint: Path, config: VanillaTransformerConfig, tokenizer) -> None:
     """The checkpoint's config and tokenizer must be this run's, or resuming trains something else than asked."""
     saved, ours = VanillaTransformerConfig.from_pretrained(checkpoint).to_dict(), config.to_dict()
@@ -581,7 +585,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if is_main_process():
         if paper.overwrite_output_dir:
             overwrite_previous_run(output_dir)
-        (output_dir / "run_arguments.json").write_text(json.dumps(run.recorded(), indent=2) + "\n", encoding="utf-8")
+        if resume is None:
+            record_arguments(run, output_dir)
     set_seed(training.seed)
     started = time.perf_counter()
 
@@ -603,6 +608,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_tokenizer_matches_config(tokenizer, config)
     if resume is not None:
         check_checkpoint_matches(resume, config, tokenizer)
+        if is_main_process():
+            record_arguments(run, output_dir)  # only once the resume is known to be the same run
 
     train_set = tokenize_split(data["train"], tokenizer, data_args, "train") if training.do_train else None
     eval_set = None
