@@ -196,16 +196,25 @@ def independent_nll(checkpoint: Path, pairs: list[dict[str, str]]) -> float:
 
 
 @pytest.mark.slow
+def train_in_a_process(arguments: list[str]) -> str:
+    """The command in a process of its own; its stdout and stderr (warnings and library log lines included)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hf_vanilla_transformer_training.train", *arguments]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
 def test_a_run_reports_plain_nll_and_perplexity_warns_nothing_and_resumes_only_explicitly(tmp_path, capfd):
     from hf_vanilla_transformer_training.data import clean_split, load_translation_data
 
     out = tmp_path / "run"
     common = [*TINY, "--output_dir", str(out), "--save_steps", "2", "--eval_steps", "2", "--max_eval_samples", "20",
               "--average_last", "2", "--max_predict_samples", "10"]  # fmt: skip
-    results = main([*common, "--max_steps", "2"])
-    printed = capfd.readouterr()
-    for unasked in ("max_new_tokens", "pin_memory", "missing keys"):
-        assert unasked not in printed.out + printed.err, unasked
+    printed = train_in_a_process([*common, "--max_steps", "2"])  # its own stderr: every warning it prints
+    for unasked in ("max_new_tokens", "pin_memory", "Warning", "warning", "missing keys"):
+        assert unasked not in printed, unasked
+    results = json.loads((out / "results.json").read_text())
     # eval_nll against an independent computation at the checkpoint it was measured on (label smoothing 0.1 here,
     # so eval_loss is larger than the plain NLL).
     evaluation = next(e for e in results["log_history"] if "eval_nll" in e)
@@ -229,10 +238,12 @@ def test_a_run_reports_plain_nll_and_perplexity_warns_nothing_and_resumes_only_e
     with pytest.raises(SystemExit, match=r"checkpoint-2: its config has d_ff=64 but this run's arguments give d_ff=32"):
         main([*common, "--max_steps", "4", "--resume_from_checkpoint", "last", "--config_overrides", '{"d_ff": 32}'])
     capfd.readouterr()
-    resumed = main([*common, "--max_steps", "4", "--resume_from_checkpoint", "last"])
-    printed = capfd.readouterr()
-    assert f"[train] resuming from {out / 'checkpoint-2'}" in printed.out and resumed["steps"] == 4
-    assert "missing keys" not in printed.out + printed.err
+    printed = train_in_a_process([*common, "--max_steps", "4", "--resume_from_checkpoint", "last"])
+    assert f"[train] resuming from {out / 'checkpoint-2'}" in printed
+    assert printed.count("'loss':") == 2  # steps 3 and 4 only: a restart from step 0 would log 4 losses
+    assert json.loads((out / "results.json").read_text())["steps"] == 4
+    for unasked in ("missing keys", "Warning", "warning"):
+        assert unasked not in printed, unasked
     # --overwrite_output_dir deletes exactly the run's outputs; the user's own files stay.
     (out / "my_notes.txt").write_text("keep me")
     (out / "checkpoint-best").mkdir()
