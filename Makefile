@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 # The main job: build the bundled corpus and the tokenizer, train the demo model on CPU with the paper's
 # recipe (shorter warm-up and a halved peak learning rate for a 9-minute run), evaluate with the paper's beam
 # search, average the last 5 checkpoints, score the test split, write outputs/demo/{model,results.json,*.png}.
+# Rerun, it continues from the newest complete checkpoint (or only repeats the averaging and the test).
 DEMO_ARGS := --output_dir outputs/demo --preset demo --vocab_size 1000 --max_tokens 4000 --max_steps 2800 \
 	--warmup_steps 300 --lr_scale 0.5 --save_steps 200 --average_last 5 --eval_steps 700 --max_eval_samples 300 \
-	--logging_steps 100
+	--logging_steps 100 --resume_from_checkpoint last
 
 demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory setup && $(BIN)/python -m hf_vanilla_transformer_training.train $(DEMO_ARGS) && \

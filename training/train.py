@@ -782,7 +782,7 @@ def write_demo_card(run: RunArguments, model, results, checkpoints, pictures, mo
         training=(
             f"`vanilla-transformer-train {' '.join(sys.argv[1:]) if sys.argv[1:] else '(defaults)'}`\n\n"
             f"{training.optim.value} ({training.adam_beta1}, {training.adam_beta2}, {training.adam_epsilon}); the "
-            f"{training.lr_scheduler_type.value} schedule with {training.warmup_steps} warm-up steps and "
+            f"{training.lr_scheduler_type.value} schedule with {training.warmup_steps:g} warm-up steps and "
             f"peak {results['peak_learning_rate']:.3g}; label smoothing {model.config.label_smoothing}; batches of "
             f"at most {run.paper.max_tokens} source + target tokens; {results['steps']} steps on {results['device']}, "
             f"{results['train_seconds']:.0f} s from the corpus to the last checkpoint; checkpoints every "
