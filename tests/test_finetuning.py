@@ -51,7 +51,7 @@ def test_every_trainer_flag_reaches_the_trainer_arguments():
     run = parse_args(["--output_dir", "out", "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id", "me/x",
                       "--torch_compile", "--optim", "adafactor", "--bf16", "--gradient_checkpointing",
                       "--per_device_eval_batch_size", "8", "--num_train_epochs", "3", "--learning_rate", "5e-5",
-                      "--lr_scheduler_type", "linear", "--warmup_steps", "10", "--do_train",
+                      "--lr_scheduler_type", "linear", "--warmup_steps", "10", "--do_train", "--do_predict",
                       "--resume_from_checkpoint", "last", "--source_prefix", "translate: ", "--max_source_length",
                       "64", "--dataset_name", "wmt14", "--dataset_config_name", "de-en"])  # fmt: skip
     t = run.training
@@ -60,7 +60,7 @@ def test_every_trainer_flag_reaches_the_trainer_arguments():
     # --num_train_epochs decides the length (the paper's 100k steps are not imposed on top of it)
     assert t.num_train_epochs == 3 and t.max_steps == -1
     assert t.learning_rate == 5e-5 and t.lr_scheduler_type.value == "linear" and not t.lr_scheduler_kwargs
-    assert t.do_train and not t.do_predict and t.resume_from_checkpoint == "last"
+    assert t.do_train and t.do_predict and t.resume_from_checkpoint == "last"
     assert run.data.source_prefix == "translate: " and run.data.max_source_length == 64
     assert (run.data.dataset_name, run.data.dataset_config_name) == ("wmt14", "de-en")
 
@@ -103,12 +103,84 @@ def no_data_work(monkeypatch):
         (["--model_name_or_path", "x", "--preset", "base"], r"--model_name_or_path .* or --preset .*, not both"),
         (["--model_name_or_path", "x", "--config_overrides", '{"d_ff": 8}'], r"d_ff would change the weights"),
         (["--model_name_or_path", "no/such/folder"], r"--model_name_or_path no/such/folder: cannot load its config"),
+        (["--warmup_steps", "0.1"], r"--warmup_steps 0.1 is a ratio in transformers 5; the paper's schedule"),
+        (["--per_device_train_batch_size", "8"], r"--per_device_train_batch_size does not apply .* --max_tokens"),
+        (["--save_total_limit", "2"], r"--save_total_limit does not apply to this command"),
+        (["--load_best_model_at_end", "true"], r"--load_best_model_at_end does not apply"),
+        (["--tokenizer_name", "x", "--vocab_size", "100"], r"with --tokenizer_name that tokenizer's is used"),
+        (["--push_to_hub", "--skip_test"], r"--push_to_hub publishes the model with a card of its test scores"),
+        (["--push_to_hub", "--do_train"], r"--push_to_hub publishes the model with a card of its test scores"),
     ],
 )
 def test_argument_errors_are_named_before_any_data_is_read(tmp_path, no_data_work, arguments, message):
     with pytest.raises(SystemExit, match=message):
         base = [] if "--model_name_or_path" in arguments else TINY
         main(["--output_dir", str(tmp_path / "run"), *base, *arguments])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, r"Cannot read the arguments file .*args.json"), ("{oops", r"Cannot read the arguments file"),
+     ("[1, 2]", r"holds a list; expected a JSON object")],
+)  # fmt: skip
+def test_a_bad_arguments_file_is_named(tmp_path, no_data_work, content, message):
+    if content is not None:
+        (tmp_path / "args.json").write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        main([str(tmp_path / "args.json")])
+
+
+def test_null_entries_of_an_arguments_file_keep_their_defaults(tmp_path):
+    (tmp_path / "args.json").write_text(json.dumps({"output_dir": "o", "max_eval_samples": None, "preset": "tiny"}))
+    assert parse_args([str(tmp_path / "args.json")]).data.max_eval_samples == 500
+
+
+def fake_checkpoint(folder: Path, resumable: bool = True) -> Path:
+    """A folder with the files that mark a finished save (contents are not read before the checks)."""
+    folder.mkdir(parents=True)
+    names = (
+        ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"] if resumable else ["model.safetensors"]
+    )
+    for name in names:
+        (folder / name).write_bytes(b"")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": []}))
+    return folder
+
+
+def test_nothing_a_previous_run_or_the_user_saved_is_deleted_by_a_refused_or_unsafe_request(tmp_path, no_data_work):
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    # --overwrite_output_dir would delete the model this run fine-tunes: refused.
+    with pytest.raises(SystemExit, match=r"--overwrite_output_dir would delete .*model, which this run reads"):
+        main(["--output_dir", str(out), "--overwrite_output_dir", "--model_name_or_path", str(out / "model")])
+    # --resume_from_checkpoint last where a run left outputs but no checkpoint: refused, not replaced.
+    with pytest.raises(SystemExit, match=r"holds another run's outputs \(model\) but no checkpoint to resume from"):
+        main(["--output_dir", str(out), *TINY, "--resume_from_checkpoint", "last"])
+    # A checkpoint from elsewhere into a folder that holds another run: refused.
+    elsewhere = fake_checkpoint(tmp_path / "other" / "checkpoint-2")
+    with pytest.raises(SystemExit, match=r"holds another run \(model\)"):
+        main(["--output_dir", str(out), *TINY, "--resume_from_checkpoint", str(elsewhere)])
+    # Finished saves that this command cannot resume from (e.g. --save_only_model): refused, never deleted.
+    saved = tmp_path / "saved"
+    fake_checkpoint(saved / "checkpoint-2", resumable=False)
+    with pytest.raises(SystemExit, match=r"has checkpoints \(checkpoint-2\) but none holds the optimizer"):
+        main(["--output_dir", str(saved), *TINY, "--resume_from_checkpoint", "last"])
+    assert (saved / "checkpoint-2" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_a_lone_tokenizer_folder_from_a_run_stopped_early_does_not_block_a_new_run(tmp_path):
+    from hf_vanilla_transformer_training.train import resolve_resume
+
+    out = tmp_path / "run"
+    (out / "tokenizer").mkdir(parents=True)
+    assert resolve_resume(parse_args(["--output_dir", str(out), *TINY]), out) is None
+
+
+def test_a_batch_smaller_than_the_longest_pair_is_named_before_training(tmp_path):
+    with pytest.raises(SystemExit, match=r"--max_tokens 30 over 1 processes x 2 accumulation steps is 15 tokens per "
+                       r"batch, less than the longest training pair \(\d+ source \+ target tokens\)"):  # fmt: skip
+        main(["--output_dir", str(tmp_path / "run"), *TINY, "--max_tokens", "30", "--gradient_accumulation_steps", "2"])
 
 
 def test_an_unknown_preset_is_refused_by_the_parser(tmp_path, no_data_work, capsys):

@@ -231,8 +231,13 @@ def parse_arguments(argv: list[str] | None = None, description: str | None = Non
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(description)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        values = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-        argv = [item for key, value in values.items() for item in _as_flags(key, value)]
+        try:
+            values = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"Cannot read the arguments file {argv[0]}: {error}") from error
+        if not isinstance(values, dict):
+            raise SystemExit(f"The arguments file {argv[0]} holds a {type(values).__name__}; expected a JSON object.")
+        argv = [item for key, value in values.items() if value is not None for item in _as_flags(key, value)]
     model, data, paper, training = parser.parse_args_into_dataclasses(args=argv)
     given = given_options(parser, argv)
     overrides = check_arguments(model, data, paper, training, given)
@@ -311,9 +316,35 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
         raise SystemExit(f"--lr_scale {paper.lr_scale} is invalid: expected a number > 0.")
     if paper.save_minutes is not None and paper.save_minutes <= 0:
         raise SystemExit(f"--save_minutes {paper.save_minutes} is invalid: expected a number > 0.")
+    if not given & {"do_train", "do_eval", "do_predict"}:
+        # run_translation does nothing without a --do_* flag; the paper's recipe does all three by default.
+        training.do_train = training.do_eval = training.do_predict = True
+    # Flags of the Trainer that this recipe replaces: refused by name rather than silently ignored.
+    replaced = {
+        "per_device_train_batch_size": "training batches are made of --max_tokens tokens (§5.1's token batching)",
+        "group_by_length": "training batches already group pairs of similar length (--max_tokens)",
+        "save_total_limit": "the last --average_last + 1 checkpoints are kept (ordered by step, not mtime)",
+        "load_best_model_at_end": "the published model is the average of the last --average_last checkpoints",
+    }
+    for name in sorted(given & set(replaced)):
+        raise SystemExit(f"--{name} does not apply to this command: {replaced[name]}.")
+    if model.tokenizer_name is not None and "vocab_size" in given:
+        raise SystemExit("--vocab_size trains a new vocabulary; with --tokenizer_name that tokenizer's is used.")
+    if training.push_to_hub and (
+        paper.skip_test or not training.do_predict or (data.train_file and not data.test_file)
+    ):
+        raise SystemExit(
+            "--push_to_hub publishes the model with a card of its test scores: it needs a test split scored "
+            "(--do_predict, no --skip_test, and --test_file with local data)."
+        )
     if "num_train_epochs" in given and "max_steps" not in given:
         training.max_steps = -1  # --num_train_epochs decides the length, as with the Trainer
     inverse_sqrt = SchedulerType(training.lr_scheduler_type) == SchedulerType.INVERSE_SQRT
+    if 0 < training.warmup_steps < 1 and ("learning_rate" not in given or inverse_sqrt):
+        raise SystemExit(
+            f"--warmup_steps {training.warmup_steps} is a ratio in transformers 5; the paper's schedule and peak "
+            "learning rate need a number of steps (e.g. --warmup_steps 4000)."
+        )
     if inverse_sqrt and "lr_scheduler_kwargs" not in given:
         if training.warmup_steps <= 0:
             raise SystemExit(
@@ -325,9 +356,6 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
         if training.warmup_steps <= 0:
             raise SystemExit("The paper's peak learning rate needs --warmup_steps >= 1; or give --learning_rate.")
         training.learning_rate = None  # filled from d_model once the model's config is known
-    if not given & {"do_train", "do_eval", "do_predict"}:
-        # run_translation does nothing without a --do_* flag; the paper's recipe does all three by default.
-        training.do_train = training.do_eval = training.do_predict = True
     return overrides
 
 

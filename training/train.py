@@ -1,15 +1,17 @@
 """The paper's training recipe (§5) on Seq2SeqTrainer, then checkpoint averaging and the test score (§6.1).
 
     vanilla-transformer-train --output_dir outputs/demo --preset demo                # the bundled corpus
-    vanilla-transformer-train --dataset wmt14 --dataset_config de-en --preset base --vocab_size 37000 \\
+    vanilla-transformer-train --dataset_name wmt14 --dataset_config_name de-en --preset base --vocab_size 37000 \\
         --max_tokens 50000 --max_steps 100000 --average_last 5 --save_minutes 10     # the paper's base run
+    vanilla-transformer-train --model_name_or_path FOLDER_OR_HUB_ID --train_file train.jsonl ...   # fine-tuning
     accelerate launch --num_processes 8 -m hf_vanilla_transformer_training.train ...  # data parallel (DDP)
 
-Defaults are the paper's: Adam(0.9, 0.98, 1e-9); lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) with
-warmup 4000 (transformers' `inverse_sqrt` schedule with that peak); label smoothing from the preset (0.1);
-batches of about --max_tokens source + target tokens per optimizer step, summed over devices and gradient
-accumulation; beam 4 with the GNMT length penalty 0.6 for BLEU. Rerunning with the same --output_dir continues
-from the last complete checkpoint (optimizer, scheduler and RNG state included).
+Every Seq2SeqTrainingArguments flag works; flags not given are the paper's: Adam(0.9, 0.98, 1e-9);
+lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) with warmup 4000 (transformers' `inverse_sqrt` schedule
+with that peak); label smoothing from the preset (0.1); batches of about --max_tokens source + target tokens per
+optimizer step, summed over devices and gradient accumulation; beam 4 with the GNMT length penalty 0.6 for BLEU.
+An output folder that holds another run is refused unless --resume_from_checkpoint last|PATH (continue, with
+optimizer, scheduler and RNG state) or --overwrite_output_dir (delete that run's outputs) is given.
 """
 
 from __future__ import annotations
@@ -240,6 +242,19 @@ class KeepLastCheckpointsCallback(TrainerCallback):
             shutil.rmtree(old, ignore_errors=True)
 
 
+class RecordArgumentsCallback(TrainerCallback):
+    """Writes OUTPUT_DIR/run_arguments.json (what a resume is compared with) at the run's first checkpoint: a run
+    that stops earlier (a data error, a typo) leaves no record that would refuse the corrected rerun."""
+
+    def __init__(self, recorded: dict[str, Any]):
+        self.recorded = recorded
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / "run_arguments.json"
+            path.write_text(json.dumps(self.recorded, indent=2) + "\n", encoding="utf-8")
+
+
 class SaveAtEndCallback(TrainerCallback):
     """The last step is always a full checkpoint (the Trainer saves only every save_steps)."""
 
@@ -312,7 +327,7 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return PartialState().is_main_process
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -345,17 +360,20 @@ def previous_run_outputs(output_dir: Path) -> list[Path]:
 
 def resolve_resume(run: RunArguments, output_dir: Path) -> Path | None:
     """The checkpoint to resume from, or None for a new run. A folder that holds another run is refused unless
-    --resume_from_checkpoint or --overwrite_output_dir says what to do with it."""
+    --resume_from_checkpoint or --overwrite_output_dir says what to do with it. (A tokenizer/ alone is what a run
+    stopped before its first checkpoint leaves; a new run trains it again.)"""
     spec = run.training.resume_from_checkpoint
-    previous = previous_run_outputs(output_dir)
+    previous = [p for p in previous_run_outputs(output_dir) if p.name != "tokenizer"]
     names = ", ".join(p.name for p in previous[:6]) + (", ..." if len(previous) > 6 else "")
     if run.paper.overwrite_output_dir:
         if spec is not None:
             raise SystemExit(
                 "Give --resume_from_checkpoint (continue) or --overwrite_output_dir (start again), not both."
             )
+        check_inputs_survive(run, previous_run_outputs(output_dir))
         return None
-    if spec is None:
+    outside = spec not in (None, "last") and Path(spec).resolve().parent != output_dir.resolve()
+    if spec is None or outside:
         if previous:
             raise SystemExit(
                 f"{output_dir} holds another run ({names}). Give --resume_from_checkpoint last to continue it (or "
@@ -365,6 +383,19 @@ def resolve_resume(run: RunArguments, output_dir: Path) -> Path | None:
         return None
     if spec == "last":
         found = complete_checkpoints(output_dir, for_resume=True)
+        written = complete_checkpoints(output_dir)  # trainer_state.json written: a save that finished
+        if not found and written:
+            raise SystemExit(
+                f"--resume_from_checkpoint last: {output_dir} has checkpoints ({', '.join(c.name for c in written)}) "
+                "but none holds the optimizer, scheduler and RNG state in the files this command resumes from "
+                "(saved with --save_only_model, or sharded by FSDP / DeepSpeed). Resume with the launcher that wrote "
+                "them, or start again with --overwrite_output_dir."
+            )
+        if not found and previous:
+            raise SystemExit(
+                f"--resume_from_checkpoint last: {output_dir} holds another run's outputs ({names}) but no checkpoint "
+                "to resume from; give --overwrite_output_dir to start again (deletes them) or another --output_dir."
+            )
         if not found:
             print(f"[train] --resume_from_checkpoint last: no complete checkpoint in {output_dir}, a new run starts")
         return found[-1] if found else None
@@ -386,6 +417,21 @@ def resolve_resume(run: RunArguments, output_dir: Path) -> Path | None:
             "run would overwrite; move them away or resume from the last one."
         )
     return path
+
+
+def check_inputs_survive(run: RunArguments, doomed: list[Path]) -> None:
+    """--overwrite_output_dir must not delete what this run reads (a model, tokenizer or data file inside the
+    previous run's outputs)."""
+    inputs = [run.model.model_name_or_path, run.model.tokenizer_name, run.data.train_file, run.data.validation_file,
+              run.data.test_file]  # fmt: skip
+    paths = [Path(part) for spec in inputs if spec for part in spec.split(",") if Path(part).exists()]
+    for path in paths:
+        for gone in doomed:
+            if path.resolve() == gone.resolve() or gone.resolve() in path.resolve().parents:
+                raise SystemExit(
+                    f"--overwrite_output_dir would delete {gone}, which this run reads ({path}); copy it elsewhere "
+                    "first or choose another --output_dir."
+                )
 
 
 def overwrite_previous_run(output_dir: Path) -> None:
@@ -421,10 +467,6 @@ def check_recorded_arguments(run: RunArguments, output_dir: Path, checkpoint: Pa
             f"{recorded.get(key)!r} ({recorded_file}). Give the same value, or start again with "
             "--overwrite_output_dir or another --output_dir."
         )
-
-
-def record_arguments(run: RunArguments, output_dir: Path) -> None:
-    (output_dir / "run_arguments.json").write_text(json.dumps(run.recorded(), indent=2) + "\n", encoding="utf-8")
 
 
 def check_checkpoint_matches(checkpoint: Path, config: VanillaTransformerConfig, tokenizer) -> None:
@@ -474,9 +516,10 @@ def initial_config(run: RunArguments) -> VanillaTransformerConfig:
     return any_config(run.model.preset, **{"vocab_size": run.model.vocab_size, **run.overrides})
 
 
-def prepare_tokenizer(run: RunArguments, train_rows, output_dir: Path):
-    """--tokenizer_name, else --model_name_or_path's own tokenizer, else the run's BPE vocabulary (trained once
-    and kept in OUTPUT_DIR/tokenizer, so a resumed run keeps it)."""
+def prepare_tokenizer(run: RunArguments, train_rows, output_dir: Path, resume: Path | None):
+    """--tokenizer_name, else --model_name_or_path's own tokenizer, else the run's BPE vocabulary: a resumed run
+    takes the one saved in its checkpoint; a new run trains it (the first process; the others load its copy in
+    OUTPUT_DIR/tokenizer)."""
     model_args = run.model
     hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": model_args.token}
     source = model_args.tokenizer_name or model_args.model_name_or_path
@@ -485,8 +528,10 @@ def prepare_tokenizer(run: RunArguments, train_rows, output_dir: Path):
             return load_tokenizer(source, trust_remote_code=model_args.trust_remote_code, **hub)
         except (OSError, ValueError) as error:
             raise SystemExit(f"Cannot load the tokenizer of {source}: {error}") from error
+    if resume is not None:
+        return AutoTokenizer.from_pretrained(resume)
     folder = output_dir / "tokenizer"
-    if (folder / "tokenizer.json").is_file():
+    if not is_main_process():
         return AutoTokenizer.from_pretrained(folder)
     langs = (run.data.source_lang, run.data.target_lang)
     texts = (pair[lang] for pair in train_rows["translation"] for lang in langs)
@@ -540,13 +585,28 @@ def tokenize_split(rows, tokenizer, data_args: DataTrainingArguments, split: str
     return kept
 
 
-def remove_incomplete_checkpoints(output_dir: Path, complete: list[Path]) -> None:
-    """Deletes this run's checkpoint-<step> folders that a killed or failed save left half-written. They hold
-    nothing usable, and the Trainer must not save into them: it would overwrite their files without changing the
-    folder's mtime, and its mtime-ordered rotation would then take the new checkpoint for the oldest and delete it.
-    Only folders named exactly checkpoint-<digits> are touched."""
+def check_batch_size(train_set, max_tokens: int, training: Seq2SeqTrainingArguments) -> None:
+    """Every batch must hold the longest pair: --max_tokens is split over processes and accumulation steps."""
+    share = training.world_size * training.gradient_accumulation_steps
+    longest = max(len(s) + len(t) for s, t in zip(train_set["input_ids"], train_set["labels"], strict=True))
+    if max_tokens // share < longest:
+        raise SystemExit(
+            f"--max_tokens {max_tokens} over {training.world_size} processes x {training.gradient_accumulation_steps} "
+            f"accumulation steps is {max_tokens // share} tokens per batch, less than the longest training pair "
+            f"({longest} source + target tokens). Raise --max_tokens, or lower --max_source_length / "
+            "--max_target_length (or --drop_long_pairs)."
+        )
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> None:
+    """Deletes this run's checkpoint-<step> folders that a killed or failed save left half-written: those whose
+    trainer_state.json (the Trainer's last file) is missing or unreadable. They hold nothing usable, and the
+    Trainer must not save into them: it would overwrite their files without changing the folder's mtime, and its
+    mtime-ordered rotation would then take the new checkpoint for the oldest and delete it. Only folders named
+    exactly checkpoint-<digits> are touched; a finished save is never deleted."""
+    written = complete_checkpoints(output_dir)
     for path in sorted(output_dir.iterdir()):
-        if path.is_dir() and CHECKPOINT_NAME.match(path.name) and path not in complete:
+        if path.is_dir() and CHECKPOINT_NAME.match(path.name) and path not in written:
             print(f"[train] removing the incomplete checkpoint {path.name} (a save that did not finish)")
             shutil.rmtree(path)
 
@@ -582,11 +642,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                 paper.lr_scale)  # fmt: skip
     check_recorded_arguments(run, output_dir, resume)
     PartialState().wait_for_everyone()  # every process has checked the folder before the first one changes it
-    if is_main_process():
-        if paper.overwrite_output_dir:
-            overwrite_previous_run(output_dir)
-        if resume is None:
-            record_arguments(run, output_dir)
+    if is_main_process() and paper.overwrite_output_dir:
+        overwrite_previous_run(output_dir)
     set_seed(training.seed)
     started = time.perf_counter()
 
@@ -601,17 +658,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if data_args.max_train_samples is not None:
         data["train"] = data["train"].select(range(min(data_args.max_train_samples, len(data["train"]))))
-    with training.main_process_first(desc="the tokenizer"):  # trained once, by the first process
-        tokenizer = prepare_tokenizer(run, data["train"], output_dir)
+    with training.main_process_first(local=False, desc="the tokenizer"):  # trained once, by the first process
+        tokenizer = prepare_tokenizer(run, data["train"], output_dir, resume)
     if model_args.model_name_or_path is None:
         config = any_config(model_args.preset, **{"vocab_size": len(tokenizer), **run.overrides})
     check_tokenizer_matches_config(tokenizer, config)
     if resume is not None:
         check_checkpoint_matches(resume, config, tokenizer)
-        if is_main_process():
-            record_arguments(run, output_dir)  # only once the resume is known to be the same run
 
     train_set = tokenize_split(data["train"], tokenizer, data_args, "train") if training.do_train else None
+    if train_set is not None:
+        check_batch_size(train_set, paper.max_tokens, training)
     eval_set = None
     if training.do_eval and data.get("validation") is not None:
         rows = data["validation"]
@@ -627,20 +684,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = VanillaTransformerForConditionalGeneration(config)
         model.generation_config = paper_generation_config(config)
     check_disk_space(output_dir, sum(p.numel() for p in model.parameters()), paper.average_last + 1)
-    if resume is None and training.resume_from_checkpoint == "last" and is_main_process():
-        remove_incomplete_checkpoints(output_dir, [])
-    elif resume is not None and resume.parent.resolve() == output_dir.resolve() and is_main_process():
-        remove_incomplete_checkpoints(output_dir, complete_checkpoints(output_dir, for_resume=True))
+    if training.resume_from_checkpoint is not None and is_main_process():
+        remove_incomplete_checkpoints(output_dir)
 
-    training.eval_strategy = IntervalStrategy.STEPS if eval_set is not None else IntervalStrategy.NO
-    if not torch.cuda.is_available() and "dataloader_pin_memory" not in run.given:
-        training.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns at every loader otherwise
+    if eval_set is None or "eval_strategy" not in run.given:
+        training.eval_strategy = IntervalStrategy.STEPS if eval_set is not None else IntervalStrategy.NO
     if data_args.num_beams is not None:
         training.generation_num_beams = data_args.num_beams
     push, training.push_to_hub = training.push_to_hub, False  # the averaged model/ is what gets published, below
-    callbacks = [SaveAtEndCallback(), KeepLastCheckpointsCallback(paper.average_last + 1)] + (
-        [SaveEveryMinutesCallback(paper.save_minutes)] if paper.save_minutes else []
-    )
+    callbacks = [
+        SaveAtEndCallback(),
+        KeepLastCheckpointsCallback(paper.average_last + 1),
+        RecordArgumentsCallback(run.recorded()),
+    ] + ([SaveEveryMinutesCallback(paper.save_minutes)] if paper.save_minutes else [])
     trainer = TokenBatchingTrainer(
         model=model,
         args=training,
@@ -663,7 +719,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         results.update(finish(run, trainer, tokenizer, data, output_dir, started))
         if push:
-            publish(output_dir / "model", training)
+            publish(output_dir / "model", training, token=model_args.token)
     trainer.accelerator.wait_for_everyone()
     return results
 
@@ -684,13 +740,13 @@ def train(trainer: TokenBatchingTrainer, resume: Path | None, training: Seq2SeqT
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
 
 
-def publish(model_dir: Path, training: Seq2SeqTrainingArguments) -> None:
+def publish(model_dir: Path, training: Seq2SeqTrainingArguments, token: str | None = None) -> None:
     """--push_to_hub: the averaged model folder, checked and uploaded by push_to_hub.py (the Trainer's own push
     would send the last raw checkpoint's folder instead)."""
     from .push_to_hub import upload
 
     repo_id = training.hub_model_id or Path(training.output_dir).resolve().name
-    upload(model_dir, repo_id, private=bool(training.hub_private_repo), token=training.hub_token)
+    upload(model_dir, repo_id, private=bool(training.hub_private_repo), token=training.hub_token or token)
 
 
 def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, started: float) -> dict[str, Any]:
@@ -707,6 +763,8 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
         model.generation_config = copy.deepcopy(trainer.model.generation_config)
     else:
         model = trainer.model
+    if model_dir.is_dir():  # this command's own output, made again: no card or picture of an earlier run stays
+        shutil.rmtree(model_dir)
     model.save_pretrained(model_dir)  # weights, config with auto_map, code files, generation config
     tokenizer.save_pretrained(model_dir)
     plot_learning_curve(trainer.state.log_history, output_dir / "learning_curve.png")
@@ -732,7 +790,8 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
         sources = [prefix + p[data_args.source_lang] for p in pairs]
         references = [p[data_args.target_lang] for p in pairs]
         start = time.perf_counter()
-        beams = {"num_beams": data_args.num_beams} if data_args.num_beams else {}
+        num_beams = data_args.num_beams or run.training.generation_num_beams
+        beams = {"num_beams": num_beams} if num_beams else {}
         hypotheses = translate(model, tokenizer, sources, **beams)
         scores = translation_scores(hypotheses, references)
         results["test"] = {**scores, "pairs": len(pairs), "decode_seconds": round(time.perf_counter() - start, 1)}
