@@ -148,9 +148,10 @@ def fake_checkpoint(folder: Path, resumable: bool = True) -> Path:
 
 
 def test_nothing_a_previous_run_or_the_user_saved_is_deleted_by_a_refused_or_unsafe_request(tmp_path, no_data_work):
+    from hf_vanilla_transformer import small_config
+
     out = tmp_path / "run"
-    (out / "model").mkdir(parents=True)
-    (out / "model" / "config.json").write_text("{}")
+    VanillaTransformerForConditionalGeneration(small_config("tiny")).save_pretrained(out / "model")
     # --overwrite_output_dir would delete the model this run fine-tunes: refused.
     with pytest.raises(SystemExit, match=r"--overwrite_output_dir would delete .*model, which this run reads"):
         main(["--output_dir", str(out), "--overwrite_output_dir", "--model_name_or_path", str(out / "model")])
@@ -493,3 +494,19 @@ def test_trainer_flags_change_the_run_optimizer_and_epochs(tmp_path):
     assert (
         "momentum" in group and "betas" not in group and group["initial_lr"] == pytest.approx(0.1 * 4)
     )  # TINY: --lr_scale 4
+
+
+def test_only_half_written_checkpoints_are_removed(tmp_path):
+    """A checkpoint-<step> folder is removed only when its trainer_state.json (the Trainer's last file) is missing
+    or cut off; a finished save that this command cannot resume from, and folders of other names, stay."""
+    from hf_vanilla_transformer_training.train import remove_incomplete_checkpoints
+
+    fake_checkpoint(tmp_path / "checkpoint-2")
+    fake_checkpoint(tmp_path / "checkpoint-4", resumable=False)  # e.g. --save_only_model
+    cut = fake_checkpoint(tmp_path / "checkpoint-6")
+    (cut / "trainer_state.json").write_text('{"global_st')
+    (tmp_path / "checkpoint-best").mkdir()
+    (tmp_path / "checkpoint-8-backup").mkdir()
+    remove_incomplete_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-8-backup",
+                                                          "checkpoint-best"]  # fmt: skip
