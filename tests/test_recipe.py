@@ -68,9 +68,16 @@ def test_token_batches_depend_on_seed_and_epoch_only():
 
 
 def test_token_batches_come_in_multiples_of_devices_times_accumulation():
-    lengths = [5] * 101
-    for multiple in (1, 2, 3, 4):
-        assert len(TokenBatchSampler(lengths, lengths, max_tokens=40, multiple_of=multiple)) % multiple == 0
+    """Also with fewer batches than devices x accumulation steps (101 pairs of 10 tokens at 40 tokens a batch make
+    26 batches; 1 pair makes 1): the count is a multiple, and every pair is in some batch."""
+    for pairs in (101, 7, 1):
+        lengths = [5] * pairs
+        for multiple in (1, 2, 3, 4, 8, 32):
+            sampler = TokenBatchSampler(lengths, lengths, max_tokens=40, multiple_of=multiple)
+            batches = list(sampler)
+            assert len(batches) == len(sampler) and len(batches) % multiple == 0 and batches, (pairs, multiple)
+            if len(batches) >= len(TokenBatchSampler(lengths, lengths, max_tokens=40)):  # nothing trimmed
+                assert {i for batch in batches for i in batch} == set(range(pairs))
 
 
 def test_a_budget_below_the_longest_pair_is_refused():

@@ -67,7 +67,7 @@ class TokenBatchSampler(Sampler[list[int]]):
     on (seed, epoch), so a resumed run sees the same batches. torch and transformers batch by sentence count only.
 
     The number of batches per epoch is trimmed to a multiple of `multiple_of` (devices x accumulation steps) so
-    that every device takes part in every optimizer step.
+    that every device takes part in every optimizer step; an epoch of fewer batches than that repeats them.
     """
 
     def __init__(
@@ -118,8 +118,9 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches.append(batch)
         if self.shuffle:
             rng.shuffle(batches)
-        usable = len(batches) - len(batches) % self.multiple_of
-        return batches[:usable] if usable else batches
+        if len(batches) < self.multiple_of:  # too few for one step on every device: repeat, as DistributedSampler pads
+            return [batches[i % len(batches)] for i in range(self.multiple_of)]
+        return batches[: len(batches) - len(batches) % self.multiple_of]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
