@@ -195,6 +195,16 @@ def test_learned_positions_row_e():
     assert model(input_ids=ids, attention_mask=mask, labels=labels).loss.isfinite()
     with pytest.raises(ValueError, match=r"Position 19 is past max_position_embeddings=16"):
         model(input_ids=torch.randint(4, 128, (1, 20)), decoder_input_ids=torch.tensor([[1]]))
+    # The learned table is what positions the tokens: changing row 3 changes the embedding layer's output at
+    # position 3 only, and through self-attention the encoder's output.
+    embeddings = model.model.encoder.embeddings
+    source = ids[:1, :5]
+    with torch.no_grad():
+        embedded, encoded = embeddings(source), model.model.encoder(input_ids=source).last_hidden_state
+        embeddings.embed_positions.weight[3] += 1.0
+        changed = (embeddings(source) - embedded).abs().amax(-1)[0]
+        assert changed[3] > 0 and torch.count_nonzero(changed) == 1
+        assert not torch.allclose(model.model.encoder(input_ids=source).last_hidden_state, encoded)
 
 
 def test_pre_ln_deviation_changes_the_output_and_adds_final_norms():

@@ -250,3 +250,34 @@ def test_the_installed_import_names_are_the_projects_own(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "('vanilla-transformer-train', 'hf_vanilla_transformer_training.train:cli')" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_py_configures_the_papers_schedule_adam_and_no_clipping(tmp_path):
+    """What train.py actually sets, read from a tiny run: the learning rate logged at every step is §5.3's
+    d_model^-0.5 * min(s^-0.5, s * warmup^-1.5) * lr_scale at s = step - 1 (the library's offset: like every
+    transformers warm-up, the first update uses schedule step 0, lr 0, and the rate logged after update `step` is
+    the one that update used); Adam's betas (0.9, 0.98), eps 1e-9, weight decay 0; no gradient clipping; and
+    --save_minutes saves on the clock, not the step count."""
+    from hf_vanilla_transformer_training.train import main
+
+    out = tmp_path / "run"
+    d_model, warmup, scale, steps = 32, 4, 3.0, 8
+    main(["--output_dir", str(out), "--preset", "tiny", "--vocab_size", "200", "--demo_pairs", "1400",
+          "--max_tokens", "800", "--warmup_steps", str(warmup), "--lr_scale", str(scale), "--logging_steps", "1",
+          "--max_steps", str(steps), "--save_steps", "1000", "--save_minutes", "1e-6", "--eval_steps", "1000",
+          "--average_last", "20", "--skip_test", "--disable_tqdm", "true"])  # fmt: skip
+    state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    logged = [(entry["step"], entry["learning_rate"]) for entry in state["log_history"] if "learning_rate" in entry]
+    assert [step for step, _ in logged] == list(range(1, steps + 1))
+    for step, rate in logged:
+        s = step - 1
+        paper = d_model**-0.5 * min(s**-0.5, s * warmup**-1.5) * scale if s > 0 else 0.0
+        assert rate == pytest.approx(paper, rel=1e-6, abs=1e-12), (step, rate, paper)
+    group = torch.load(out / f"checkpoint-{steps}" / "optimizer.pt", weights_only=True)["param_groups"][0]
+    assert tuple(group["betas"]) == (0.9, 0.98) and group["eps"] == 1e-9 and group["weight_decay"] == 0.0
+    arguments = torch.load(out / f"checkpoint-{steps}" / "training_args.bin", weights_only=False)
+    assert arguments.max_grad_norm == 0.0  # the Trainer clips only when max_grad_norm > 0
+    # --save_minutes with a tiny interval: a checkpoint after every step, although --save_steps is 1000.
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert saved == list(range(1, steps + 1))
