@@ -234,3 +234,48 @@ def test_full_size_base_and_big_build_and_run():
         with torch.no_grad():
             out = model(input_ids=torch.randint(4, 1000, (2, 6)), labels=torch.randint(4, 1000, (2, 5)))
         assert out.logits.shape == (2, 5, 1000) and out.loss.isfinite()
+
+
+class HalfDropout(nn.Module):
+    """A deterministic stand-in for dropout: x / 2 wherever the model drops out, so the place where dropout acts
+    (before the residual sum, after it, after the LayerNorm) shows in the output."""
+
+    def forward(self, x):
+        return x * 0.5
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_dropout_acts_where_torch_nn_transformer_puts_it_in_train_mode(norm_first):
+    """§5.4: dropout on each sub-layer's output before the residual sum, and on the embedding sums. In train mode
+    with the stand-in replacing every dropout of both models (nn.Transformer's FFN-internal and attention-weight
+    dropouts, which the paper does not have, are off), the outputs agree."""
+    config = tiny_config(d_model=64, h=4, d_ff=128, encoder_layers=2, decoder_layers=2, layer_norm_eps=1e-5,
+                         norm_first=norm_first, dropout=0.1)  # fmt: skip
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration._from_config(config, attn_implementation="eager")
+    reference = reference_transformer(model)
+    for module in (model, reference):
+        for child in list(module.modules()):
+            for attribute, value in list(vars(child).get("_modules", {}).items()):
+                if isinstance(value, nn.Dropout):
+                    # nn.Transformer's `dropout` inside the FFN is no part of the paper: identity there.
+                    inside_ffn = module is reference and attribute == "dropout"
+                    setattr(child, attribute, nn.Identity() if inside_ffn else HalfDropout())
+    model.train()
+    reference.train()
+    ids, mask, labels = random_batch(batch=3, source=9, target=7)
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(labels)
+    embedding = model.get_input_embeddings().weight
+
+    def embed(x):  # the embedding sum, then the stand-in for its dropout (§5.4)
+        position = sinusoidal_position_encoding(torch.arange(x.shape[1]), config.d_model)
+        return (embedding[x] * math.sqrt(config.d_model) + position) * 0.5
+
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        memory = reference.encoder(embed(ids), src_key_padding_mask=mask == 0)
+        causal = nn.Transformer.generate_square_subsequent_mask(decoder_ids.shape[1])
+        decoded = reference.decoder(embed(decoder_ids), memory, tgt_mask=causal, memory_key_padding_mask=mask == 0)
+    real = mask.bool()
+    torch.testing.assert_close(ours.encoder_last_hidden_state[real], memory[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.logits, decoded @ embedding.T, atol=1e-5, rtol=1e-5)
