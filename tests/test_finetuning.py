@@ -510,3 +510,44 @@ def test_only_half_written_checkpoints_are_removed(tmp_path):
     remove_incomplete_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-8-backup",
                                                           "checkpoint-best"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_resume_continues_the_checkpoints_optimizer_and_scheduler_state(tmp_path):
+    """The resumed run starts from the checkpoint's Adam moments and schedule position: altering either in the
+    checkpoint on purpose changes what the resumed run does (a restart, or a resume that rebuilt them, would not
+    notice)."""
+    import shutil
+
+    common = [*TINY, "--save_steps", "2", "--eval_steps", "1000", "--average_last", "5", "--skip_test",
+              "--config_overrides", '{"dropout": 0.0}']  # fmt: skip
+    main([*common, "--output_dir", str(tmp_path / "base"), "--max_steps", "2"])
+    for name in ("plain", "optimizer", "scheduler"):
+        shutil.copytree(tmp_path / "base", tmp_path / name)
+    optimizer_file = tmp_path / "optimizer" / "checkpoint-2" / "optimizer.pt"
+    state = torch.load(optimizer_file, weights_only=True)
+    for moments in state["state"].values():
+        moments["exp_avg"].mul_(-1.0)  # the first moment reversed
+    torch.save(state, optimizer_file)
+    scheduler_file = tmp_path / "scheduler" / "checkpoint-2" / "scheduler.pt"
+    schedule = torch.load(scheduler_file, weights_only=True)
+    schedule["last_epoch"] += 2
+    schedule["_step_count"] += 2
+    torch.save(schedule, scheduler_file)
+
+    def resumed(name):
+        main([*common, "--output_dir", str(tmp_path / name), "--max_steps", "4", "--resume_from_checkpoint", "last"])
+        state = json.loads((tmp_path / name / "checkpoint-4" / "trainer_state.json").read_text())
+        weights = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path / name / "checkpoint-4")
+        rate = next(e["learning_rate"] for e in state["log_history"] if e.get("step") == 4 and "learning_rate" in e)
+        return weights.state_dict(), rate
+
+    plain, plain_rate = resumed("plain")
+    moved, moved_rate = resumed("optimizer")
+    shifted, shifted_rate = resumed("scheduler")
+    name = "model.encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(plain[name], moved[name]) and moved_rate == plain_rate
+    # TINY: d_model 32, warm-up 4, lr_scale 4. Step 4 uses schedule step 3; two steps further on, step 5.
+    lrate = lambda s: 32**-0.5 * min(s**-0.5, s * 4**-1.5) * 4  # noqa: E731
+    assert plain_rate == pytest.approx(lrate(3)) and shifted_rate == pytest.approx(lrate(5))
+    assert not torch.allclose(plain[name], shifted[name])
