@@ -151,3 +151,29 @@ def test_bad_arguments_are_refused():
         pack_for_cpu_decoding(tiny_model(), min_elements=True)
     with pytest.raises(TypeError, match=r"expects a model \(nn.Module\), got NoneType"):
         pack_for_cpu_decoding(None)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_at_the_paper_width_the_default_threshold_packs_and_generate_is_unchanged(num_beams):
+    """At d_model 512 (the base model's widths, one layer each) the default threshold (2^18 weights) packs the
+    decoder's projections and the output layer, so generate() runs the packed path, and it decodes what the plain
+    model decodes."""
+    from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+
+    config = VanillaTransformerConfig.from_preset("base", vocab_size=1000, encoder_layers=1, decoder_layers=1)
+    torch.manual_seed(0)
+    plain = VanillaTransformerForConditionalGeneration(config).eval()
+    packed = VanillaTransformerForConditionalGeneration(config).eval()
+    packed.load_state_dict(plain.state_dict())
+    names = pack_for_cpu_decoding(packed)
+    assert (
+        "lm_head" in names
+        and "model.decoder.layers.0.self_attn.q_proj" in names
+        and "model.decoder.layers.0.ffn.fc1" in names
+    )
+    ids, mask, _ = random_batch(vocab_size=1000, batch=3, source=12)
+    kwargs = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=12, return_dict_in_generate=True,
+                  output_scores=True)  # fmt: skip
+    a, b = plain.generate(ids, **kwargs), packed.generate(ids, **kwargs)
+    torch.testing.assert_close(b.sequences, a.sequences)
+    torch.testing.assert_close(torch.stack(b.scores), torch.stack(a.scores), atol=1e-4, rtol=1e-4)

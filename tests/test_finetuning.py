@@ -551,3 +551,25 @@ def test_a_resume_continues_the_checkpoints_optimizer_and_scheduler_state(tmp_pa
     lrate = lambda s: 32**-0.5 * min(s**-0.5, s * 4**-1.5) * 4  # noqa: E731
     assert plain_rate == pytest.approx(lrate(3)) and shifted_rate == pytest.approx(lrate(5))
     assert not torch.allclose(plain[name], shifted[name])
+
+
+@pytest.mark.slow
+def test_a_second_epoch_gets_a_new_batch_order(tmp_path, monkeypatch):
+    """The Trainer reaches epochs past the first through the sampler's set_epoch: epoch 1's batches are another
+    order than epoch 0's (the same order every epoch would be a silent loss of shuffling)."""
+    from hf_vanilla_transformer_training.train import TokenBatchSampler
+
+    seen: dict[int, list[list[int]]] = {}
+    real_batches = TokenBatchSampler.batches
+
+    def recording(self):
+        batches = real_batches(self)
+        seen.setdefault(self.epoch, batches)
+        return batches
+
+    monkeypatch.setattr(TokenBatchSampler, "batches", recording)
+    results = main([*TINY, "--output_dir", str(tmp_path / "run"), "--num_train_epochs", "2", "--max_train_samples",
+                    "200", "--save_steps", "1000", "--eval_steps", "1000", "--average_last", "1", "--skip_test"])  # fmt: skip
+    assert sorted(seen) == [0, 1], sorted(seen)
+    assert seen[0] != seen[1] and sorted(map(sorted, seen[0])) != sorted(map(sorted, seen[1]))
+    assert results["steps"] == len(seen[0]) + len(seen[1])
