@@ -367,3 +367,33 @@ def test_a_non_finite_length_penalty_and_a_bad_eos_id_are_refused():
         model.generate(ids, attention_mask=mask, length_penalty=float("nan"))
     with pytest.raises(ValueError, match=r"eos_token_id=500 is invalid: .* \[0, vocab_size=128\)"):
         model.generate(ids, attention_mask=mask, eos_token_id=500)
+
+
+def test_the_gnmt_stopping_bound_is_taken_at_the_maximum_length():
+    """tensor2tensor's rule: a running beam can still win while its log-probability divided by the penalty at the
+    *maximum* length beats the worst finished hypothesis (the GNMT penalty grows with L, so that is the best it can
+    reach). Here the running beam (log p = -3.0 after 4 tokens, at most 50) can still reach -3.0 / lp(50) = -0.794 >
+    -1.5, so the search must go on; the bound at the current length, -3.0 / lp(4) = -2.35, would stop it."""
+    from hf_vanilla_transformer.generation_vanilla_transformer import (
+        GNMTLengthPenalty,
+        VanillaTransformerGenerationMixin,
+    )
+
+    def go_on(running: float, finished: float) -> bool:
+        return VanillaTransformerGenerationMixin._check_early_stop_heuristic(
+            is_early_stop_heuristic_unsatisfied=torch.tensor([[True]]),
+            running_beam_scores=torch.tensor([[running, running - 1.0]]),
+            beam_scores=torch.tensor([[finished + 0.5, finished]]),  # the worst finished one is `finished`
+            is_sent_finished=torch.tensor([[True]]),
+            cur_len=5,  # the decoder start token and 4 generated tokens
+            max_length=51,
+            decoder_prompt_len=1,
+            early_stopping="never",
+            length_penalty=GNMTLengthPenalty(0.6),
+        ).item()
+
+    lp = lambda length: ((5 + length) / 6) ** 0.6  # noqa: E731  Wu et al. 2016
+    assert -3.0 / lp(50) > -1.5 > -3.0 / lp(4)
+    assert go_on(-3.0, finished=-1.5)
+    # and it stops once even the maximum-length bound cannot beat the worst finished hypothesis
+    assert -3.0 / lp(50) < -0.7 and not go_on(-3.0, finished=-0.7)
