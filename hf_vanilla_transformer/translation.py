@@ -62,6 +62,15 @@ def translate(
     return outputs
 
 
+def split_lines(text: str) -> list[str]:
+    """One sentence per line, split at "\n" only: str.splitlines() also splits at U+2028, U+0085, form feeds and
+    other characters that occur inside sentences, which would shift every later line against its translation."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line.removesuffix("\r") for line in lines]
+
+
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         pack_for_cpu_decoding(model)  # the same translations, faster (benchmarks/speed.py: "ours+packed")
     source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     with source:
-        lines = source.read().splitlines()
+        lines = split_lines(source.read())
     kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
     hypotheses = translate(model, tokenizer, lines, batch_tokens=args.batch_tokens, **kwargs)
     text = "".join(h + "\n" for h in hypotheses)

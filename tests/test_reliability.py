@@ -200,3 +200,67 @@ def test_properties_shapes_cache_parity_padding_invariance_no_nan(case):
         # half precision stays finite
         half = model.to(torch.bfloat16)(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
         assert torch.isfinite(half.logits.float()).all()
+
+
+# ---- second round (issue 15): contained items -----------------------------------------------------------------
+def test_translate_splits_lines_at_newlines_only():
+    """U+2028, U+0085 and form feeds inside a sentence must not split it (str.splitlines would: 4 input lines
+    became 7 output lines); a final newline ends the last line, CRLF ends a line too."""
+    from hf_vanilla_transformer.translation import split_lines
+
+    text = "one\u2028two\nthree\x0cfour\nfive\x85six\r\nseven\n"
+    assert split_lines(text) == ["one\u2028two", "three\x0cfour", "five\x85six", "seven"]
+    assert split_lines("a\n\nb") == ["a", "", "b"] and split_lines("") == []
+
+
+def test_attention_maps_runs_no_folder_code_unless_asked(tmp_path):
+    """A model folder's code file must not run unasked (it was loaded with trust_remote_code=True hard-coded); with
+    --trust_remote_code it does (which shows the planted file would be noticed)."""
+    import subprocess
+    from pathlib import Path
+
+    from conftest import python_without_this_package
+
+    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["one two three four", "eins zwei drei vier"] * 50, vocab_size=40)
+    folder = tmp_path / "model"
+    tiny_model(vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    marker = tmp_path / "ran"
+    (folder / "configuration_vanilla_transformer.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    python, env = python_without_this_package(tmp_path)
+    script = Path(__file__).resolve().parent.parent / "training" / "attention_maps.py"
+    command = [python, str(script), str(folder), "one two", "--out_dir", str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, input="", timeout=120)
+    assert result.returncode != 0 and "trust_remote_code" in result.stderr and not marker.exists()
+    subprocess.run([*command, "--trust_remote_code"], env=env, capture_output=True, text=True, timeout=120)
+    assert marker.exists()
+
+
+def test_averaging_refuses_a_checkpoint_as_target_and_checkpoints_of_other_models(tmp_path):
+    from hf_vanilla_transformer_training.average_checkpoints import average_checkpoints
+
+    a, b, c = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4", tmp_path / "checkpoint-6"
+    tiny_model(seed=0).save_pretrained(a)
+    tiny_model(seed=1).save_pretrained(b)
+    tiny_model(seed=2, d_ff=32).save_pretrained(c)
+    (b / "trainer_state.json").write_text("{}")
+    (b / "optimizer.pt").write_bytes(b"")
+    before = (b / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"--into .*checkpoint-4 is one of the checkpoints being averaged"):
+        average_checkpoints([a, b], into=b)
+    with pytest.raises(ValueError, match=r"--into .*checkpoint-4 is a training checkpoint"):
+        average_checkpoints([a], into=b)
+    assert (b / "model.safetensors").read_bytes() == before
+    with pytest.raises(ValueError, match=r"checkpoint-6 has d_ff=32 but .*checkpoint-2 has d_ff=64"):
+        average_checkpoints([a, c], into=tmp_path / "averaged")
+    assert not (tmp_path / "averaged").exists()
+
+
+@pytest.mark.parametrize("arguments", [["--max_steps", "0"], ["--num_train_epochs", "0"]])
+def test_a_run_of_no_steps_is_refused(tmp_path, arguments):
+    from hf_vanilla_transformer_training.train import main
+
+    with pytest.raises(SystemExit, match=r"nothing to train"):
+        main(["--output_dir", str(tmp_path / "run"), "--preset", "tiny", *arguments])

@@ -339,6 +339,12 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
         )
     if "num_train_epochs" in given and "max_steps" not in given:
         training.max_steps = -1  # --num_train_epochs decides the length, as with the Trainer
+    no_steps = training.max_steps == 0 or (training.max_steps < 0 and training.num_train_epochs <= 0)
+    if training.do_train and no_steps:
+        raise SystemExit(
+            f"--max_steps {training.max_steps} / --num_train_epochs {training.num_train_epochs}: nothing to train; "
+            "give --max_steps >= 1 (or --num_train_epochs > 0 without --max_steps), or leave out --do_train."
+        )
     inverse_sqrt = SchedulerType(training.lr_scheduler_type) == SchedulerType.INVERSE_SQRT
     if 0 < training.warmup_steps < 1 and ("learning_rate" not in given or inverse_sqrt):
         raise SystemExit(

@@ -64,9 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source")
     parser.add_argument("--out_dir", default=".")
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let the folder's own code files run (not needed where this package is installed)",
+    )
     args = parser.parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     for path in attention_maps(model, tokenizer, args.source, args.out_dir, args.heads):
         print(path)
 

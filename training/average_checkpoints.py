@@ -49,6 +49,28 @@ def complete_checkpoints(output_dir: str | Path, for_resume: bool = False) -> li
     return [path for _, path in sorted(found)]
 
 
+# Config entries that are bookkeeping, not the model (the Trainer turns use_cache off while training).
+UNCOMPARED_CONFIG_KEYS = {"transformers_version", "architectures", "auto_map", "_name_or_path", "dtype", "use_cache"}
+
+
+def check_same_config(paths: list[Path]) -> None:
+    """Averaging is only meaningful for checkpoints of one model: the first differing config field is named."""
+    configs = []
+    for path in paths:
+        file = path / "config.json"
+        configs.append(json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None)
+    first = configs[0]
+    for path, config in zip(paths[1:], configs[1:], strict=True):
+        if first is None or config is None:
+            continue
+        for key in sorted((set(first) | set(config)) - UNCOMPARED_CONFIG_KEYS):
+            if first.get(key) != config.get(key):
+                raise ValueError(
+                    f"{path} has {key}={config.get(key)!r} but {paths[0]} has {key}={first.get(key)!r}: checkpoints "
+                    "of different models cannot be averaged."
+                )
+
+
 def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path:
     """Averages the weights of `checkpoints` (in float64, stored in each tensor's own dtype) into `into`."""
     if not checkpoints:
@@ -57,6 +79,16 @@ def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path
     for path in paths:
         if not (path / WEIGHTS).is_file():
             raise FileNotFoundError(f"{path} has no {WEIGHTS}; expected a folder written by save_pretrained.")
+    into = Path(into)
+    for path in paths:
+        if into.resolve() == path.resolve():
+            raise ValueError(f"--into {into} is one of the checkpoints being averaged; write the average elsewhere.")
+    if (into / "trainer_state.json").exists() or (into / "optimizer.pt").exists():
+        raise ValueError(
+            f"--into {into} is a training checkpoint (it has trainer_state.json / optimizer.pt): its weights would no "
+            "longer match its optimizer state. Write the average to a new folder."
+        )
+    check_same_config(paths)
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for path in paths:
@@ -70,7 +102,6 @@ def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path
                 )
             dtypes[name] = tensor.dtype
             total[name] = total.get(name, 0) + tensor.to(torch.float64)
-    into = Path(into)
     into.mkdir(parents=True, exist_ok=True)
     for item in paths[0].iterdir():  # config, generation config, code files, tokenizer if present
         if item.is_file() and item.suffix in (".json", ".py", ".txt", ".model") and "trainer_state" not in item.name:
@@ -100,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         chosen = found[-args.last :]
     else:
         raise SystemExit("Give a training output folder or --checkpoints.")
-    average_checkpoints(chosen, args.into)
+    try:
+        average_checkpoints(chosen, args.into)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"Not averaged: {error}") from error
     print(f"Averaged {len(chosen)} checkpoints ({', '.join(Path(c).name for c in chosen)}) into {args.into}")
 
 
