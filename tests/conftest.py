@@ -1,8 +1,10 @@
 import copy
+import json
 import os
 import site
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,32 @@ def python_without_this_package(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     return python, env
+
+
+def generate_without_this_package(tmp_path: Path, folder: Path, sources: list[str], **generate_kwargs) -> list:
+    """Loads `folder` with AutoTokenizer / AutoModelForSeq2SeqLM (trust_remote_code) in a venv without this package
+    and returns the token ids that `generate(**generate_kwargs)` gives for `sources`."""
+    python, env = python_without_this_package(tmp_path)
+    code = textwrap.dedent(
+        f"""
+        import json
+        try:
+            import hf_vanilla_transformer
+            raise SystemExit("the package must not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        batch = tokenizer({sources!r}, return_tensors="pt", padding=True)
+        print(json.dumps(model.generate(**batch, **{generate_kwargs!r}).tolist()))
+        """
+    )
+    result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert printed, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(printed[-1])
 
 
 def tiny_config(**overrides) -> VanillaTransformerConfig:

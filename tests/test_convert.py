@@ -6,12 +6,11 @@ import argparse
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import python_without_this_package
+from conftest import generate_without_this_package
 from interop_fixtures import demo_sentences, fairseq_folder, opus_mt_folder
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, FSMTTokenizer, MarianMTModel
 
@@ -99,25 +98,7 @@ def test_a_converted_folder_loads_where_the_package_is_not_installed(marian_pair
     tokenizer = AutoTokenizer.from_pretrained(source)
     batch = tokenizer(SOURCES[:3], return_tensors="pt", padding=True)
     expected = marian.generate(**batch, num_beams=4).tolist()
-    python, env = python_without_this_package(tmp_path)
-    code = textwrap.dedent(
-        f"""
-        import json
-        try:
-            import hf_vanilla_transformer
-            raise SystemExit("the package must not be importable here")
-        except ImportError:
-            pass
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained({str(output)!r}, trust_remote_code=True)
-        model = AutoModelForSeq2SeqLM.from_pretrained({str(output)!r}, trust_remote_code=True).eval()
-        batch = tokenizer({SOURCES[:3]!r}, return_tensors="pt", padding=True)
-        print(json.dumps(model.generate(**batch, num_beams=4).tolist()))
-        """
-    )
-    result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    assert generate_without_this_package(tmp_path, output, SOURCES[:3], num_beams=4) == expected
 
 
 def test_marian_fine_tunes_with_seq2seq_trainer(marian_pair, tmp_path):

@@ -6,12 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import python_without_this_package
+from conftest import generate_without_this_package
 
 from hf_vanilla_transformer import translate
 from hf_vanilla_transformer_training.model_card import check_card, preset_card
@@ -117,33 +116,13 @@ def test_an_invalid_card_or_auto_map_stops_the_upload(model_folder, tmp_path):
 @pytest.mark.slow
 def test_a_fresh_virtualenv_without_the_package_translates_the_same(model_folder, tmp_path):
     """A new venv without this package (conftest.python_without_this_package)."""
-    python, env = python_without_this_package(tmp_path)
     lines = ["Friday, August 26, 1955", "seven thousand, nine hundred and sixty-one", "Aug 3, 2001", "twelve"]
-    code = textwrap.dedent(
-        f"""
-        import json, torch
-        try:
-            import hf_vanilla_transformer
-            raise SystemExit("the package must not be importable in the fresh venv")
-        except ImportError:
-            pass
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained({str(model_folder)!r}, trust_remote_code=True)
-        model = AutoModelForSeq2SeqLM.from_pretrained({str(model_folder)!r}, trust_remote_code=True).eval()
-        batch = tokenizer({lines!r}, return_tensors="pt", padding=True)
-        output = model.generate(**batch)
-        print(json.dumps(tokenizer.batch_decode(output, skip_special_tokens=True)))
-        """
-    )
-    result = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    printed = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert printed, result.stdout[-2000:] + result.stderr[-2000:]
-    outside = json.loads(printed[-1])
+    ids = generate_without_this_package(tmp_path, model_folder, lines)
 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    outside = tokenizer.batch_decode(ids, skip_special_tokens=True)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_folder)
     assert translate(model, tokenizer, lines, progress=False) == outside
 

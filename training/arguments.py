@@ -22,6 +22,8 @@ from transformers import HfArgumentParser, SchedulerType, Seq2SeqTrainingArgumen
 
 from hf_vanilla_transformer import PRESETS, SMALL_CONFIGS, VanillaTransformerConfig, any_config
 
+from .data import LOCAL_DATA_SUFFIXES
+
 
 @dataclass
 class ModelArguments:
@@ -62,6 +64,10 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow a Hub folder's own code files to run (not needed for this project's models)."},
     )
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        """The from_pretrained keywords that pick the Hub revision, cache and token."""
+        return {"revision": self.model_revision, "cache_dir": self.cache_dir, "token": self.token}
 
 
 @dataclass
@@ -159,7 +165,6 @@ PAPER_TRAINING_DEFAULTS: dict[str, Any] = {
 }
 # Overrides that keep every weight's shape, so they apply to an existing model.
 TRAINING_TIME_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "label_smoothing")
-LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 
 
 @dataclass

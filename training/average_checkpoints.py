@@ -15,7 +15,9 @@ import argparse
 import json
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -53,6 +55,17 @@ def complete_checkpoints(output_dir: str | Path, for_resume: bool = False) -> li
 UNCOMPARED_CONFIG_KEYS = {"transformers_version", "architectures", "auto_map", "_name_or_path", "dtype", "use_cache"}
 
 
+def first_difference(
+    ours: dict[str, Any], theirs: dict[str, Any], ignore: Collection[str] = (), alphabetical: bool = False
+) -> str | None:
+    """The first key whose value differs (absent counts as a value): in `ours`' order then `theirs`', or sorted."""
+    keys = [*ours, *(k for k in theirs if k not in ours)]
+    for key in sorted(keys) if alphabetical else keys:
+        if key not in ignore and ours.get(key, "(absent)") != theirs.get(key, "(absent)"):
+            return key
+    return None
+
+
 def check_same_config(paths: list[Path]) -> None:
     """Averaging is only meaningful for checkpoints of one model: the first differing config field is named."""
     configs = []
@@ -63,12 +76,12 @@ def check_same_config(paths: list[Path]) -> None:
     for path, config in zip(paths[1:], configs[1:], strict=True):
         if first is None or config is None:
             continue
-        for key in sorted((set(first) | set(config)) - UNCOMPARED_CONFIG_KEYS):
-            if first.get(key) != config.get(key):
-                raise ValueError(
-                    f"{path} has {key}={config.get(key)!r} but {paths[0]} has {key}={first.get(key)!r}: checkpoints "
-                    "of different models cannot be averaged."
-                )
+        key = first_difference(first, config, ignore=UNCOMPARED_CONFIG_KEYS, alphabetical=True)
+        if key is not None:
+            raise ValueError(
+                f"{path} has {key}={config.get(key)!r} but {paths[0]} has {key}={first.get(key)!r}: checkpoints "
+                "of different models cannot be averaged."
+            )
 
 
 def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 SPLITS = ("train", "validation", "test")
+LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")  # read_local_split's file types (or SOURCE,TARGET)
 
 
 # ---- the demo corpus -----------------------------------------------------------------------------------------

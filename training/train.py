@@ -54,7 +54,13 @@ from hf_vanilla_transformer import (
 
 from .arguments import DataTrainingArguments, ModelArguments, RunArguments, parse_arguments
 from .attention_maps import attention_maps
-from .average_checkpoints import CHECKPOINT_NAME, average_checkpoints, complete_checkpoints
+from .average_checkpoints import (
+    CHECKPOINT_NAME,
+    UNCOMPARED_CONFIG_KEYS,
+    average_checkpoints,
+    complete_checkpoints,
+    first_difference,
+)
 from .data import clean_split, load_translation_data
 from .model_card import check_card, render_card, result_lines
 from .tokenizer import check_tokenizer_matches_config, load_tokenizer, train_bpe_tokenizer
@@ -161,14 +167,14 @@ class TokenBatchingTrainer(Seq2SeqTrainer):
 
     # The model's loss is the paper's label-smoothed cross-entropy (§5.4), so eval_loss is no perplexity. Evaluation
     # also reports the plain token NLL and its perplexity; the Trainer has no such metric, so it is added here.
-    def evaluation_loop(self, *args: Any, **kwargs: Any):
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):  # fmt: skip
         self._nll = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # summed NLL, target tokens
-        output = super().evaluation_loop(*args, **kwargs)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         total, tokens = self.accelerator.reduce(self._nll, reduction="sum").tolist()
         if tokens:
-            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-            output.metrics[f"{prefix}_nll"] = total / tokens
-            output.metrics[f"{prefix}_perplexity"] = math.exp(min(total / tokens, 700.0))
+            output.metrics[f"{metric_key_prefix}_nll"] = total / tokens
+            output.metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(total / tokens, 700.0))
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
@@ -318,8 +324,6 @@ def plot_learning_curve(log_history: list[dict[str, Any]], path: Path) -> None:
 
 # ---- the run -------------------------------------------------------------------------------------------------
 RUN_OUTPUTS = ("averaged", "model", "tokenizer", "run_arguments.json", "results.json", "learning_curve.png")
-# Config entries that are bookkeeping, not the model: they may differ between a checkpoint and the run resuming it.
-UNCOMPARED_CONFIG_KEYS = {"transformers_version", "architectures", "auto_map", "_name_or_path", "dtype", "use_cache"}
 
 
 def parse_args(argv: list[str] | None = None) -> RunArguments:
@@ -446,13 +450,6 @@ def overwrite_previous_run(output_dir: Path) -> None:
             path.unlink()
 
 
-def first_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
-    for key in [*ours, *(k for k in theirs if k not in ours)]:  # in the order the run records them
-        if ours.get(key, "(absent)") != theirs.get(key, "(absent)"):
-            return key
-    return None
-
-
 def check_recorded_arguments(run: RunArguments, output_dir: Path, checkpoint: Path | None) -> None:
     """A resumed run must be the run that wrote the checkpoint: the arguments that define the model, tokenizer,
     data and schedule are compared with the ones recorded when it started; the first difference is named."""
@@ -473,12 +470,12 @@ def check_recorded_arguments(run: RunArguments, output_dir: Path, checkpoint: Pa
 def check_checkpoint_matches(checkpoint: Path, config: VanillaTransformerConfig, tokenizer) -> None:
     """The checkpoint's config and tokenizer must be this run's, or resuming trains something else than asked."""
     saved, ours = VanillaTransformerConfig.from_pretrained(checkpoint).to_dict(), config.to_dict()
-    for key in sorted((set(saved) | set(ours)) - UNCOMPARED_CONFIG_KEYS):
-        if saved.get(key) != ours.get(key):
-            raise SystemExit(
-                f"Cannot resume from {checkpoint}: its config has {key}={saved.get(key)!r} but this run's arguments "
-                f"give {key}={ours.get(key)!r}."
-            )
+    key = first_difference(saved, ours, ignore=UNCOMPARED_CONFIG_KEYS, alphabetical=True)
+    if key is not None:
+        raise SystemExit(
+            f"Cannot resume from {checkpoint}: its config has {key}={saved.get(key)!r} but this run's arguments "
+            f"give {key}={ours.get(key)!r}."
+        )
     saved_tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     theirs, mine = saved_tokenizer.get_vocab(), tokenizer.get_vocab()
     if theirs != mine:
@@ -491,7 +488,7 @@ def check_checkpoint_matches(checkpoint: Path, config: VanillaTransformerConfig,
 
 def load_source_config(model_args: ModelArguments, overrides: dict[str, Any]) -> VanillaTransformerConfig:
     """--model_name_or_path's config, with the training-time overrides; a model of another kind is refused."""
-    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": model_args.token}
+    hub = model_args.hub_kwargs()
     path = model_args.model_name_or_path
     try:
         found = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code, **hub)
@@ -522,7 +519,7 @@ def prepare_tokenizer(run: RunArguments, train_rows, output_dir: Path, resume: P
     takes the one saved in its checkpoint; a new run trains it (the first process; the others load its copy in
     OUTPUT_DIR/tokenizer)."""
     model_args = run.model
-    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": model_args.token}
+    hub = model_args.hub_kwargs()
     source = model_args.tokenizer_name or model_args.model_name_or_path
     if source is not None:
         try:
@@ -678,9 +675,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if model_args.model_name_or_path is not None:
         model = VanillaTransformerForConditionalGeneration.from_pretrained(
-            model_args.model_name_or_path, config=config, revision=model_args.model_revision,
-            cache_dir=model_args.cache_dir, token=model_args.token,
-        )  # fmt: skip
+            model_args.model_name_or_path, config=config, **model_args.hub_kwargs()
+        )
     else:
         model = VanillaTransformerForConditionalGeneration(config)
         model.generation_config = paper_generation_config(config)
