@@ -21,6 +21,9 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 POSITION_ENCODINGS = ("sinusoidal", "learned")
 INITIALIZERS = ("xavier_uniform", "normal")
@@ -29,6 +32,28 @@ INITIALIZERS = ("xavier_uniform", "normal")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "swish", "silu")
 SINUSOID_LAYOUTS = ("interleaved", "concatenated")
 SINUSOID_FREQUENCIES = ("paper", "tensor2tensor")
+
+# Sane bounds, checked before anything is allocated: a config.json edited to `encoder_layers: 1000000` would otherwise
+# spend minutes building modules and `d_model: 1e9` would reach the allocator. DeepNet (Wang et al. 2022) trained
+# 1000 layers; the widths allow 64x the big model; 10^11 parameters are 400 GB in float32.
+MAX_LAYERS = 1000
+MAX_WIDTH = 65536
+MAX_VOCABULARY = 2**24
+MAX_POSITIONS = 2**20
+MAX_PARAMETERS = 10**11
+
+# Keys a config.json may hold besides this class's fields: the library's own (written by save_pretrained or by
+# transformers 4.x, or given to from_pretrained) and the generation parameters that the library moves out of model
+# configs. Any other key is named in a warning, so that a misspelt field (`dropuot`) is not silently kept.
+LIBRARY_CONFIG_KEYS = frozenset(
+    {
+        "auto_map", "name_or_path", "_name_or_path", "num_labels", "tokenizer_class", "prefix", "task_specific_params",
+        "finetuning_task", "is_decoder", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder",
+        "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss", "sep_token_id", "output_attentions",
+        "attn_implementation", "experts_implementation", "_attn_implementation_autoset", "custom_pipelines",
+        "transformers_version", "torch_dtype", "_commit_hash", "_from_model_config",
+    }
+)  # fmt: skip
 
 
 @strict
@@ -139,6 +164,11 @@ class VanillaTransformerConfig(PreTrainedConfig):
         for alias, name in self.attribute_map.items():
             if alias in kwargs:
                 setattr(self, name, kwargs.pop(alias))
+        # transformers configs accept any extra attribute (the library's own tests set several and rebuild the
+        # config from its dict), so an unknown key in config.json or the constructor is warned about by name, not
+        # refused; the places where a user states changes (from_preset, training's --config_overrides) refuse them.
+        if unknown := _describe_unknown_fields(kwargs):
+            logger.warning(f"VanillaTransformerConfig has no field(s) {unknown}; they are kept as unused attributes.")
         # d_k = d_v = d_model / h (§3.2.2) unless given; a bad d_model or h is left to validate_architecture.
         if _is_int(self.d_model) and _is_int(self.h) and self.h > 0 and self.d_model % self.h == 0:
             self.d_k = self.d_model // self.h if self.d_k is None else self.d_k
@@ -153,6 +183,13 @@ class VanillaTransformerConfig(PreTrainedConfig):
 
     def validate_architecture(self) -> None:
         super().validate_architecture()
+        bounds = {"vocab_size": MAX_VOCABULARY, "d_model": MAX_WIDTH, "d_ff": MAX_WIDTH, "h": MAX_WIDTH,
+                  "encoder_layers": MAX_LAYERS, "decoder_layers": MAX_LAYERS, "max_position_embeddings": MAX_POSITIONS,
+                  "d_k": MAX_WIDTH, "d_v": MAX_WIDTH, "decoder_vocab_size": MAX_VOCABULARY}  # fmt: skip
+        for name, bound in bounds.items():
+            value = getattr(self, name)
+            if value is not None and value > bound:
+                raise self._invalid(name, f"an integer <= {bound} (a sane bound, checked before anything is built)")
         for name in ("vocab_size", "d_model", "d_ff", "h", "encoder_layers", "decoder_layers"):
             if getattr(self, name) < 1:
                 raise self._invalid(name, "an integer >= 1")
@@ -191,6 +228,14 @@ class VanillaTransformerConfig(PreTrainedConfig):
                 )
         if not self.is_encoder_decoder:
             raise self._invalid("is_encoder_decoder", "True: the model is an encoder-decoder")
+        if self.h * max(self.d_k, self.d_v) > MAX_WIDTH:
+            raise self._invalid("h", f"h * max(d_k, d_v) <= {MAX_WIDTH} (d_k={self.d_k}, d_v={self.d_v})")
+        if (count := self.rough_parameter_count()) > MAX_PARAMETERS:
+            raise ValueError(
+                f"VanillaTransformerConfig describes about {count:.3g} parameters, more than the sane bound "
+                f"{MAX_PARAMETERS:.0e} (d_model={self.d_model}, d_ff={self.d_ff}, h={self.h}, "
+                f"layers={self.encoder_layers}+{self.decoder_layers}, vocab_size={self.vocab_size}); check the sizes."
+            )
 
     def validate_regularisation(self) -> None:
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
@@ -221,6 +266,18 @@ class VanillaTransformerConfig(PreTrainedConfig):
     def target_vocab_size(self) -> int:
         """The decoder's (and the output layer's) vocabulary: `decoder_vocab_size`, or the one shared `vocab_size`."""
         return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
+
+    def rough_parameter_count(self) -> int:
+        """The weight matrices' size (no biases or norms), for the sane bound; `paper.paper_parameter_count` is the
+        exact formula."""
+        d, f = self.d_model, self.d_ff
+        attention = d * self.h * (2 * self.d_k + 2 * self.d_v)  # the q, k, v and output projections
+        layer = attention + 2 * d * f
+        return (
+            self.encoder_layers * layer
+            + self.decoder_layers * 2 * layer
+            + d * (self.vocab_size + self.target_vocab_size)
+        )
 
     @property
     def embedding_init_std(self) -> float:
@@ -256,15 +313,25 @@ class VanillaTransformerConfig(PreTrainedConfig):
                 + (moved if name in ("tiny", "demo") else "")
                 + "."
             )
-        unknown = [key for key in overrides if key not in cls.__dataclass_fields__]
-        if unknown:
-            hints = [difflib.get_close_matches(key, cls.__dataclass_fields__, n=1) for key in unknown]
-            named = ", ".join(
-                f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                for key, hint in zip(unknown, hints, strict=True)
-            )
-            raise ValueError(f"Unknown configuration field(s) {named} for VanillaTransformerConfig.from_preset.")
+        if unknown := _describe_unknown_fields(overrides, library_keys=False):
+            raise ValueError(f"Unknown configuration field(s) {unknown} for VanillaTransformerConfig.from_preset.")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _describe_unknown_fields(given: dict[str, Any], library_keys: bool = True) -> str:
+    """The keys of `given` that are not fields of VanillaTransformerConfig (nor, with `library_keys`, keys of the
+    library), each with the nearest field; "" when there are none."""
+    fields = VanillaTransformerConfig.__dataclass_fields__
+    allowed = set(fields) | set(VanillaTransformerConfig.attribute_map)
+    if library_keys:
+        from transformers import GenerationConfig
+
+        allowed |= LIBRARY_CONFIG_KEYS | set(GenerationConfig._get_default_generation_params())
+    unknown = [key for key in given if key not in allowed]
+    hints = [difflib.get_close_matches(key, fields, n=1) for key in unknown]
+    return ", ".join(
+        f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for key, hint in zip(unknown, hints, strict=True)
+    )
 
 
 def _is_int(value: Any) -> bool:

@@ -123,8 +123,13 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
         if over_source is not None:
             source_lengths = self._source_lengths(inputs, kwargs)
             eos_token_id = self._generation_option("eos_token_id", generation_config, kwargs, pop=False)
-            if isinstance(eos_token_id, list):
+            if isinstance(eos_token_id, (list, tuple, torch.Tensor)):
+                if len(eos_token_id) == 0:
+                    raise ValueError(
+                        f"eos_token_id={eos_token_id!r} is invalid: expected a token id or a non-empty list."
+                    )
                 eos_token_id = eos_token_id[0]
+                eos_token_id = int(eos_token_id) if isinstance(eos_token_id, torch.Tensor) else eos_token_id
             eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
             if not isinstance(eos_token_id, int) or not 0 <= eos_token_id < self.config.target_vocab_size:
                 raise ValueError(
@@ -164,7 +169,7 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
         attention_mask = kwargs.get("attention_mask")
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if attention_mask is not None:
-            return attention_mask.long().sum(-1)
+            return (attention_mask != 0).long().sum(-1)  # a mask of other values is refused by the encoder
         if input_ids is not None and input_ids.dim() == 2:
             return (input_ids != self.config.pad_token_id).long().sum(-1)
         encoder_outputs = kwargs.get("encoder_outputs")
@@ -217,6 +222,13 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
         for name in CUSTOM_OPTIONS:  # given to the call while no generation config had them: not model inputs
             if name in model_kwargs:
                 setattr(generation_config, name, model_kwargs.pop(name))
+        for name in ("num_beams", "num_return_sequences"):  # the library divides by them or builds tensors of them
+            value = getattr(generation_config, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}={value!r} is invalid: expected an integer >= 1.")
+        eos = generation_config.eos_token_id
+        if isinstance(eos, list) and not eos:
+            raise ValueError("eos_token_id=[] is invalid: expected a token id or a non-empty list of them.")
         penalty_type = getattr(generation_config, "length_penalty_type", "transformers")
         if penalty_type not in LENGTH_PENALTY_TYPES:
             raise ValueError(

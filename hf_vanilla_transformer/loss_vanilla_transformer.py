@@ -95,6 +95,12 @@ def label_smoothed_cross_entropy(
     total = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), float(label_smoothing))
     if num_items_in_batch is None:
         num_items_in_batch = (labels != -100).sum()
+    if not is_torchdynamo_compiling() and num_items_in_batch == 0:
+        # The mean over no tokens is 0 / 0: a NaN loss would poison the optimiser's moments silently.
+        raise ValueError(
+            f"labels hold no token to predict (all {labels.numel()} are {ignore_index}, or num_items_in_batch is 0); "
+            "the loss over no tokens is undefined."
+        )
     if isinstance(num_items_in_batch, torch.Tensor):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch

@@ -10,13 +10,18 @@ Notation in the shape comments:
     h  attention heads          d_k, d_v  per-head widths     d  d_model          V  vocab_size
 """
 
+import contextvars
 import math
+import os
 import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -254,6 +259,11 @@ class VanillaTransformerEmbeddings(nn.Module):
 def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
     """Token ids outside the vocabulary would fail deep inside the embedding (or as a device-side assert). The range
     check reads the ids, so it runs in eager mode only: torch.compile and torch.export trace the model without it."""
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"{name} must hold token ids of dtype torch.int64 (or torch.int32), got {input_ids.dtype}; narrower "
+            "integers may already have wrapped, and floats or booleans are not token ids."
+        )
     if input_ids.dim() != 2:
         raise ValueError(f"{name} must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
     if input_ids.numel() == 0:
@@ -266,11 +276,54 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None
         raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, vocab_size={vocab_size}).")
 
 
-def check_attention_mask(attention_mask: torch.Tensor | None, shape: torch.Size, name: str, ids_name: str) -> None:
-    if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape != shape:
+def check_labels(labels: torch.Tensor, source: torch.Tensor | None, encoder_outputs: Any) -> None:
+    if labels.dim() != 2 or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"labels must be token ids of shape (batch_size, target_length) and dtype torch.int64, got shape "
+            f"{tuple(labels.shape)} and dtype {labels.dtype}."
+        )
+    if source is None and encoder_outputs is not None:
+        source = encoder_outputs[0]
+    if source is not None and source.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"labels have batch size {labels.shape[0]} but the source has {source.shape[0]}; give one row of labels "
+            "per source sentence."
+        )
+
+
+def check_inputs_embeds(inputs_embeds: torch.Tensor, d_model: int, name: str) -> None:
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != d_model or not inputs_embeds.is_floating_point():
+        raise ValueError(
+            f"{name} must be a float tensor of shape (batch_size, sequence_length, d_model={d_model}), got "
+            f"shape {tuple(inputs_embeds.shape)} and dtype {inputs_embeds.dtype}."
+        )
+    if inputs_embeds.shape[1] == 0:
+        raise ValueError(f"{name} has zero length (shape {tuple(inputs_embeds.shape)}).")
+
+
+def check_attention_mask(
+    attention_mask: torch.Tensor | None, shape: torch.Size, name: str, ids_name: str, values: bool = True
+) -> None:
+    """A padding mask is (batch_size, length) of 1 (attend) and 0 (padding). Other values would be read as 1 by the
+    masking code but summed as they are by length limits, so they are refused (in eager mode: the check reads the
+    values) rather than half-used; so are the library's 4-D masks, which this model does not document."""
+    if attention_mask is None:
+        return
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape (batch_size, sequence_length) = {tuple(shape)}, with 1 for tokens and 0 for "
+            f"padding; got shape {tuple(attention_mask.shape)}."
+        )
+    if attention_mask.shape != shape:
         raise ValueError(
             f"{name} has shape {tuple(attention_mask.shape)} but {ids_name} has shape {tuple(shape)}; they must match."
         )
+    if values and not is_torchdynamo_compiling() and attention_mask.dtype != torch.bool:
+        other = (attention_mask != 0) & (attention_mask != 1)
+        if other.any():
+            raise ValueError(
+                f"{name} holds {attention_mask[other][0].item()}; expected only 1 (token) and 0 (padding)."
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -390,6 +443,108 @@ def _forget_legacy_renames(model: PreTrainedModel) -> None:
         ]
 
 
+# The caller's `ignore_mismatched_sizes` of the `from_pretrained` call in progress (this class's from_pretrained asks
+# the library to ignore them, to name them itself).
+_CALLER_IGNORES_MISMATCHED_SIZES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "vanilla_transformer_ignore_mismatched_sizes", default=False
+)
+
+
+def _umask() -> int:
+    try:  # Linux: read without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _comparable_key(key: str) -> str:
+    """A checkpoint or model key without the base model's prefix, with the current module names."""
+    key = _apply_legacy_mapping(key)
+    return key[len("model.") :] if key.startswith("model.") else key
+
+
+def check_checkpoint_tensors(
+    model: "VanillaTransformerPreTrainedModel", checkpoint_files: list[str], shapes: bool = True
+) -> None:
+    """Reads the safetensors headers (no tensor data) and refuses non-float tensors for float parameters and, with
+    `shapes`, tensors of another shape, naming each; then refuses a checkpoint that holds two different matrices
+    where the config ties them into one (the library would keep one of them silently)."""
+    expected = {_comparable_key(k): t for k, t in model.state_dict().items()}
+    stored: dict[str, tuple[str, str]] = {}  # comparable key -> (file, key)
+    wrong_kind, wrong_shape = [], []
+    for file in checkpoint_files:
+        with safe_open(file, framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                stored[_comparable_key(key)] = (file, key)
+                target = expected.get(_comparable_key(key))
+                if target is None:
+                    continue  # tensors the model has no place for are reported after loading
+                header = handle.get_slice(key)
+                dtype, shape = header.get_dtype(), tuple(header.get_shape())
+                if target.is_floating_point() and not dtype.startswith(("F", "BF")):
+                    wrong_kind.append(f"{key} ({dtype}, for a {str(target.dtype).removeprefix('torch.')} parameter)")
+                elif shapes and shape != tuple(target.shape):
+                    wrong_shape.append(f"{key} (checkpoint {shape}, model {tuple(target.shape)})")
+    if wrong_kind:
+        raise ValueError(
+            f"The checkpoint holds non-float tensors where the model's parameters are floats: {', '.join(wrong_kind[:10])}"
+            f"{' ...' if len(wrong_kind) > 10 else ''}. Casting them would give wrong weights; the file is damaged or "
+            "not a checkpoint of this model."
+        )
+    if wrong_shape:
+        raise ValueError(
+            f"Tensors have other shapes in the checkpoint than in the model: {', '.join(wrong_shape[:10])}"
+            f"{' ...' if len(wrong_shape) > 10 else ''}. The config.json does not describe these weights; pass "
+            "ignore_mismatched_sizes=True to re-initialise them."
+        )
+    for tied, source in (model._tied_weights_keys or {}).items():
+        if _comparable_key(tied) in stored and _comparable_key(source) in stored:
+            (file_a, key_a), (file_b, key_b) = stored[_comparable_key(tied)], stored[_comparable_key(source)]
+            with safe_open(file_a, framework="pt") as a, safe_open(file_b, framework="pt") as b:
+                same = torch.equal(a.get_tensor(key_a), b.get_tensor(key_b))
+            if not same:
+                field = "tie_word_embeddings" if "lm_head" in tied else "share_encoder_decoder_embeddings"
+                raise ValueError(
+                    f"The checkpoint holds two different matrices {key_a} and {key_b}, but config.json ties them "
+                    f"({field}=True), so one would be lost. The config.json does not describe these weights; set "
+                    f"{field} to false."
+                )
+
+
+def describe_unexpected_tensors(model: "VanillaTransformerPreTrainedModel", unexpected: list[str]) -> str:
+    """The checkpoint's tensors that the model has no place for, each group with the config field it contradicts."""
+    config = model.config
+    groups: dict[str, list[str]] = {}
+    for key in sorted(unexpected):
+        name = _comparable_key(key)
+        if name.startswith("lm_head.") and not hasattr(model, "lm_head"):
+            continue  # the base model loaded from a checkpoint with the output layer
+        layer = re.match(r"(encoder|decoder)\.layers\.(\d+)\.", name)
+        if layer and int(layer[2]) >= getattr(config, f"{layer[1]}_layers"):
+            stack = layer[1]
+            reason = f"more {stack} layers than {stack}_layers={getattr(config, f'{stack}_layers')}"
+        elif "embed_positions" in name and config.position_encoding != "learned":
+            reason = f"learned positions, but position_encoding={config.position_encoding!r}"
+        elif "final_norm" in name and not config.norm_first:
+            reason = "final layer norms of a pre-LN model, but norm_first=False"
+        elif name.startswith("lm_head.") and config.tie_word_embeddings:
+            reason = "a separate output layer, but tie_word_embeddings=True"
+        elif name.startswith("decoder.embeddings.embed_tokens") and config.share_encoder_decoder_embeddings:
+            reason = "a separate decoder embedding, but share_encoder_decoder_embeddings=True"
+        else:
+            reason = "no such module in this configuration"
+        groups.setdefault(reason, []).append(key)
+    return "; ".join(
+        f"{', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''} ({reason})"
+        for reason, keys in groups.items()
+    )
+
+
 class VanillaTransformerPreTrainedModel(PreTrainedModel):
     config: VanillaTransformerConfig
     config_class = VanillaTransformerConfig
@@ -415,6 +570,15 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
             return super().get_expanded_tied_weights_keys(all_submodels=True)
         return dict(self._tied_weights_keys or {})
 
+    @staticmethod
+    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):  # noqa: ANN001, ANN205
+        # The library's loading step, after the model was built on the meta device and before any weight is
+        # materialised: the checkpoint's headers are read first, so that a tensor of another dtype kind or shape is
+        # refused by name before memory is allocated for a model of the wrong size.
+        if state_dict is None and checkpoint_files and all(str(f).endswith(".safetensors") for f in checkpoint_files):
+            check_checkpoint_tensors(model, checkpoint_files, shapes=not _CALLER_IGNORES_MISMATCHED_SIZES.get())
+        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+
     @classmethod
     def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any) -> Any:
         """`PreTrainedModel.from_pretrained`, except that a checkpoint missing some of the model's tensors (or
@@ -426,13 +590,23 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         With `output_loading_info=True` or an explicit `state_dict`, the caller takes charge of what was loaded:
         the library's behaviour and its loading report, no error. Folders saved with the module names of before
         2026-11 (`w_q`, `w_1`, `self_attn_norm`, ...) load through `LEGACY_KEY_MAPPING`.
+
+        Always refused, before any weight is materialised: a tensor whose dtype is not a float where the model's
+        parameter is one (an int64 or bool tensor would be cast silently). Refused unless `output_loading_info=True`:
+        tensors the model has no place for (a config.json edited to fewer layers, to tied embeddings, to sinusoids
+        or to post-LN while the tensors say otherwise), named with the config field they contradict.
         """
         kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)
         if kwargs.get("output_loading_info") or "state_dict" in kwargs:
-            loaded = super().from_pretrained(*args, **kwargs)
+            token = _CALLER_IGNORES_MISMATCHED_SIZES.set(True)
+            try:
+                loaded = super().from_pretrained(*args, **kwargs)
+            finally:
+                _CALLER_IGNORES_MISMATCHED_SIZES.reset(token)
             _forget_legacy_renames(loaded[0] if isinstance(loaded, tuple) else loaded)
             return loaded
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        token = _CALLER_IGNORES_MISMATCHED_SIZES.set(ignore_mismatched_sizes)
         try:
             # Loaded with ignore_mismatched_sizes=True so that the mismatches are reported by name below (the
             # library's own error names none of them).
@@ -446,6 +620,8 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                     f"truncated or corrupted and cannot be read ({error}); save or download it again."
                 ) from error
             raise
+        finally:
+            _CALLER_IGNORES_MISMATCHED_SIZES.reset(token)
         missing = sorted(info.get("missing_keys", []))
         if missing and not allow_missing_weights:
             raise ValueError(
@@ -459,6 +635,12 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in sorted(mismatched)[:10]
             )
             raise ValueError(f"Tensors have other shapes in the checkpoint than in the model: {described}.")
+        if unexpected := describe_unexpected_tensors(model, info.get("unexpected_keys", [])):
+            raise ValueError(
+                f"The checkpoint holds tensors this model has no place for: {unexpected}. The config.json does not "
+                "describe these weights; fix it, or pass output_loading_info=True to load what fits and inspect "
+                "the report."
+            )
         _forget_legacy_renames(model)
         return model
 
@@ -471,7 +653,15 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
             "AutoModel": f"{module}.VanillaTransformerModel",
             "AutoModelForSeq2SeqLM": f"{module}.VanillaTransformerForConditionalGeneration",
         }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        started = time.time()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # safetensors writes its files with mode 0600; a model folder is shared like any other file (0644 under
+        # the usual umask), as the library's other files (config.json, ...) already are.
+        mode = 0o666 & ~_umask()
+        for path in Path(save_directory).glob("*.safetensors*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= started - 1:
+                path.chmod(mode)
+        return result
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -534,8 +724,8 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
         if input_ids is not None:
             check_input_ids(input_ids, self.config.vocab_size, "input_ids")
             inputs_embeds = self.embeddings.embed_tokens(input_ids)
-        elif inputs_embeds.shape[1] == 0:
-            raise ValueError(f"inputs_embeds has zero length (shape {tuple(inputs_embeds.shape)}).")
+        else:
+            check_inputs_embeds(inputs_embeds, self.config.d_model, "inputs_embeds")
         check_attention_mask(attention_mask, inputs_embeds.shape[:2], "attention_mask", "input_ids")
         hidden_states = self.embeddings(inputs_embeds=inputs_embeds)  # (B, S, d)
 
@@ -611,11 +801,19 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             if isinstance(past_length, int) and past_length == 0:
                 check_input_ids(input_ids, self.config.target_vocab_size, "decoder_input_ids")
             inputs_embeds = self.embeddings.embed_tokens(input_ids)
-        elif inputs_embeds.shape[1] == 0:
-            raise ValueError(f"decoder_inputs_embeds has zero length (shape {tuple(inputs_embeds.shape)}).")
+        else:
+            check_inputs_embeds(inputs_embeds, self.config.d_model, "decoder_inputs_embeds")
 
         batch_size, length = inputs_embeds.shape[:2]
-        if attention_mask is not None and attention_mask.dim() == 2 and isinstance(past_length, int):
+        if encoder_hidden_states.shape[0] != batch_size:
+            raise ValueError(
+                f"The decoder's input has batch size {batch_size} but the encoder's output "
+                f"{encoder_hidden_states.shape[0]}; give one target row per source row."
+            )
+        if attention_mask is not None and isinstance(past_length, int):
+            check_attention_mask(
+                attention_mask, attention_mask.shape, "decoder_attention_mask", "", values=past_length == 0
+            )
             if attention_mask.shape[0] != batch_size or attention_mask.shape[1] not in (length, past_length + length):
                 raise ValueError(
                     f"decoder_attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch_size}, "
@@ -730,6 +928,11 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
                 hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
                 attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
             )
+        else:  # a precomputed encoder output (generate's): its mask's values were checked when the encoder ran
+            check_attention_mask(
+                attention_mask, encoder_outputs.last_hidden_state.shape[:2], "attention_mask", "the encoder output",
+                values=False,
+            )  # fmt: skip
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "Give decoder_input_ids (the target shifted right), or labels to the ForConditionalGeneration model."
@@ -827,6 +1030,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
+            check_labels(labels, input_ids if input_ids is not None else inputs_embeds, encoder_outputs)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
