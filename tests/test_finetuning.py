@@ -3,18 +3,21 @@ paper's recipe where a flag is not given, fine-tuning an existing model on local
 and perplexity, a complete wheel, the README's command lines."""
 
 import csv
+import functools
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import python_without_this_package
 from interop_fixtures import demo_sentences, opus_mt_folder
+from safetensors.torch import load_file
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer_training import train as train_module
@@ -573,3 +576,132 @@ def test_a_second_epoch_gets_a_new_batch_order(tmp_path, monkeypatch):
     assert sorted(seen) == [0, 1], sorted(seen)
     assert seen[0] != seen[1] and sorted(map(sorted, seen[0])) != sorted(map(sorted, seen[1]))
     assert results["steps"] == len(seen[0]) + len(seen[1])
+
+
+# ---- reliability, second round (issue 15) ------------------------------------------------------------------------
+def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tmp_path):
+    """Two runs in one folder replaced each other's checkpoints and results, both exiting 0. The lock is the
+    operating system's: a killed holder leaves nothing that blocks the next run."""
+    import signal
+
+    from hf_vanilla_transformer_training.train import LOCK_NAME, lock_output_dir
+
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hf_vanilla_transformer_training.train", *TINY, "--output_dir", str(out),
+         "--max_steps", "100000", "--eval_steps", "100000", "--save_steps", "100000"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LOCK_NAME).is_file() or f"pid {first.pid}" not in (out / LOCK_NAME).read_text():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.2)
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(SystemExit, match=rf"{out} is in use by a running training \(pid {first.pid} on "):
+            main([*TINY, "--output_dir", str(out), "--max_steps", "2", "--overwrite_output_dir"])
+        assert sorted(p.name for p in out.iterdir()) == before  # the refused run changed nothing
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    lock = lock_output_dir(out)  # the killed holder's lock is gone with it
+    assert lock is not None
+    lock.close()
+
+
+def test_a_diverging_run_stops_before_saving_and_names_the_step(tmp_path):
+    """--warmup_steps 1 --lr_scale 1000: the loss went to 3e5 and then NaN, the log showed 'loss': 0, and every
+    checkpoint, averaged/ and model/ was NaN with exit code 0. Now the rise is reported and the run stops at the
+    first non-finite weights or loss, before anything of them is written."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hf_vanilla_transformer_training.train", *TINY, "--output_dir", str(out),
+               "--warmup_steps", "1", "--lr_scale", "1000", "--max_steps", "40", "--save_steps", "1",
+               "--eval_steps", "1000", "--average_last", "2"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "WARNING: the training loss rose from" in result.stderr
+    assert re.search(r"\[train\] stopped: (\d+ weight tensors are not finite|The training loss is nan)", result.stderr)
+    assert not (out / "model").exists() and not (out / "averaged").exists()
+    for checkpoint in out.glob("checkpoint-*"):
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), checkpoint
+
+
+def test_a_non_finite_loss_stops_the_step_it_occurs_in(tmp_path, monkeypatch):
+    from hf_vanilla_transformer_training.train import NonFiniteTrainingError
+
+    real_forward = VanillaTransformerForConditionalGeneration.forward
+    calls = []
+
+    @functools.wraps(real_forward)  # the Trainer reads forward's signature
+    def forward(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:
+                out.loss = out.loss * float("inf")
+        return out
+
+    monkeypatch.setattr(VanillaTransformerForConditionalGeneration, "forward", forward)
+    with pytest.raises(NonFiniteTrainingError, match=r"The training loss is (inf|nan) at step 3"):
+        main([*TINY, "--output_dir", str(tmp_path / "run"), "--max_steps", "6", "--save_steps", "2",
+              "--eval_steps", "1000", "--skip_test"])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_a_loss_that_ends_above_its_start_is_recorded_and_not_published(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from hf_vanilla_transformer_training.train import loss_rise
+
+    assert loss_rise([{"loss": 5.0}, {"loss": 4.0}, {"loss": 131.0}]) == {"first_loss": 5.0, "last_loss": 131.0}
+    assert loss_rise([{"loss": 5.0}, {"loss": 9.0}, {"loss": 4.0}]) is None
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: calls.append("create"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, *a, **k: calls.append("commit"))
+    monkeypatch.setattr(huggingface_hub.ModelCard, "validate", lambda self, *a, **k: None)
+    out = tmp_path / "run"
+    # A learning rate that makes the loss rise without overflowing: warm-up 1 at 30x the paper's peak.
+    with pytest.raises(SystemExit, match=r"Not published: the training loss ended above where it started"):
+        main([*TINY, "--output_dir", str(out), "--warmup_steps", "1", "--lr_scale", "30", "--max_steps", "6",
+              "--save_steps", "6", "--eval_steps", "1000", "--average_last", "1", "--max_predict_samples", "3",
+              "--push_to_hub", "--hub_model_id", "me/tiny"])  # fmt: skip
+    assert calls == []
+    results = json.loads((out / "results.json").read_text())
+    assert results["loss_rise"]["last_loss"] > results["loss_rise"]["first_loss"]
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_complete_checkpoints(tmp_path):
+    """torch.save reports a full disk as RuntimeError('... unexpected pos ...'), which the OSError handler missed.
+    A file-size limit makes the writes of checkpoint-4's optimizer state fail as a full disk would."""
+    import resource
+    import signal
+
+    out = tmp_path / "run"
+    common = [*TINY, "--output_dir", str(out), "--save_steps", "2", "--eval_steps", "1000", "--skip_test",
+              "--average_last", "5"]  # fmt: skip
+    main([*common, "--max_steps", "2"])
+    optimizer_size = (out / "checkpoint-2" / "optimizer.pt").stat().st_size
+    model_size = (out / "checkpoint-2" / "model.safetensors").stat().st_size
+    assert model_size < optimizer_size * 0.75
+    published = (out / "model" / "model.safetensors").read_bytes()
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (optimizer_size * 3 // 4, optimizer_size * 3 // 4))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_vanilla_transformer_training.train", *common, "--max_steps", "4",
+         "--resume_from_checkpoint", "last"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, preexec_fn=limit,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(r"\[train\] stopped: .*Saving checkpoint-4 in .* failed \(.*\); is the disk full\? The complete "
+                     r"checkpoints \['checkpoint-2'\] are intact", result.stderr), result.stderr[-2000:]  # fmt: skip
+    assert "Traceback" not in result.stderr
+    assert not (out / "checkpoint-4" / "trainer_state.json").exists()
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert (out / "model" / "model.safetensors").read_bytes() == published  # the first run's model is not replaced

@@ -1,6 +1,8 @@
 """Bad inputs, numerics and damaged files: a clear error or a right answer, never wrong output."""
 
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from huggingface_hub.errors import StrictDataclassError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModel, AutoModelForSeq2SeqLM
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 
@@ -264,3 +266,218 @@ def test_a_run_of_no_steps_is_refused(tmp_path, arguments):
 
     with pytest.raises(SystemExit, match=r"nothing to train"):
         main(["--output_dir", str(tmp_path / "run"), "--preset", "tiny", *arguments])
+
+
+# ---- second round (issue 15): inputs that ended in a library traceback or a silent result -------------------
+BAD_INPUTS = {
+    "int8 ids": (lambda ids, mask, labels: {"input_ids": (ids + 120).to(torch.int8)}, r"dtype torch.int64 .*got torch.int8"),
+    "float ids": (lambda ids, mask, labels: {"input_ids": ids.float()}, r"got torch.float32"),
+    "bool ids": (lambda ids, mask, labels: {"input_ids": ids.bool()}, r"got torch.bool"),
+    "labels of another batch": (
+        lambda ids, mask, labels: {"input_ids": ids, "labels": labels[:2]},
+        r"labels have batch size 2 but the source has 3",
+    ),
+    "1-D labels": (lambda ids, mask, labels: {"input_ids": ids, "labels": labels[0]}, r"labels must be .*shape \(7,\)"),
+    "inputs_embeds of another width": (
+        lambda ids, mask, labels: {"inputs_embeds": torch.randn(3, 9, 17)},
+        r"inputs_embeds must be .*d_model=32\), got shape \(3, 9, 17\)",
+    ),
+    "1-D mask": (lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask[0]}, r"got shape \(9,\)"),
+    "3-D mask": (lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask[:, None]}, r"got shape \(3, 1, 9\)"),
+    "4-D mask": (
+        lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask[:, None, None]},
+        r"got shape \(3, 1, 1, 9\)",
+    ),
+    "mask of 2s": (lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask * 2}, r"attention_mask holds 2;"),
+    "mask of 0.5": (
+        lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask * 0.5},
+        r"attention_mask holds 0.5;",
+    ),
+    "decoder mask of 3s": (
+        lambda ids, mask, labels: {"input_ids": ids, "decoder_attention_mask": torch.full_like(labels, 3)},
+        r"decoder_attention_mask holds 3;",
+    ),
+    "all labels -100": (
+        lambda ids, mask, labels: {"input_ids": ids, "labels": torch.full_like(labels, -100)},
+        r"labels hold no token to predict \(all 21 are -100",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_inputs_are_refused_naming_the_value(name):
+    make, message = BAD_INPUTS[name]
+    ids, mask, labels = random_batch()
+    inputs = make(ids, mask, labels)
+    if "labels" not in inputs:
+        inputs["decoder_input_ids"] = labels
+    with pytest.raises(ValueError, match=message):
+        tiny_model()(**inputs)
+
+
+def test_a_one_zero_mask_of_any_dtype_is_still_accepted():
+    ids, mask, labels = random_batch()
+    model = tiny_model()
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, labels=labels).logits
+        for same in (mask.bool(), mask.float(), mask.int()):
+            torch.testing.assert_close(model(input_ids=ids, attention_mask=same, labels=labels).logits, reference)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_beams": 0}, r"num_beams=0 is invalid: expected an integer >= 1"),
+        ({"num_beams": -3}, r"num_beams=-3 is invalid"),
+        ({"num_beams": 2, "num_return_sequences": 0}, r"num_return_sequences=0 is invalid"),
+        ({"eos_token_id": []}, r"eos_token_id=\[\] is invalid"),
+        ({"eos_token_id": -1}, r"eos_token_id=-1 is invalid"),
+        ({"eos_token_id": 500}, r"eos_token_id=500 is invalid"),
+        ({"max_new_tokens_over_source": None, "eos_token_id": []}, r"eos_token_id=\[\] is invalid"),
+    ],
+)
+def test_generate_refuses_bad_counts_and_end_tokens(options, message):
+    ids, mask, _ = random_batch()
+    with pytest.raises(ValueError, match=message):
+        tiny_model().generate(ids, attention_mask=mask, max_new_tokens=3, **options)
+
+
+def test_generate_refuses_a_mask_of_2s_which_the_length_limit_would_sum():
+    ids, mask, _ = random_batch()
+    with pytest.raises(ValueError, match=r"attention_mask holds 2"):
+        tiny_model().generate(ids, attention_mask=mask * 2)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"encoder_layers": 1_000_000}, r"encoder_layers=1000000 is invalid: expected an integer <= 1000"),
+        ({"d_model": 10**9}, r"d_model=1000000000 is invalid: expected an integer <= 65536"),
+        ({"vocab_size": 2**25}, r"vocab_size=33554432 is invalid"),
+        (
+            {"d_model": 65536, "d_ff": 65536, "h": 64, "vocab_size": 2**20},
+            r"about 6.01e\+11 parameters, more than the sane bound 1e\+11",
+        ),
+        ({"init_std": float("inf")}, r"init_std=inf is invalid"),
+    ],
+)
+def test_config_sizes_are_bounded_before_anything_is_built(fields, message):
+    started = time.perf_counter()
+    with pytest.raises(StrictDataclassError, match=message):
+        VanillaTransformerConfig(**fields)
+    assert time.perf_counter() - started < 5  # refused by the config check, not by building modules
+
+
+def test_the_bounds_admit_the_papers_models_and_deepnet_depth():
+    assert VanillaTransformerConfig.from_preset("big").d_model == 1024
+    assert VanillaTransformerConfig(encoder_layers=1000, decoder_layers=1000, d_model=64, h=4, d_ff=128).encoder_layers
+
+
+def test_an_unknown_config_key_is_named_with_the_nearest_field(caplog):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            config = tiny_config(dropuot=0.3)
+    finally:
+        hf_logging.disable_propagation()
+    assert "no field(s) 'dropuot' (did you mean 'dropout'?)" in caplog.text and config.dropout == 0.1
+    with pytest.raises(
+        ValueError, match=r"'dropuot' \(did you mean 'dropout'\?\) for VanillaTransformerConfig.from_preset"
+    ):
+        VanillaTransformerConfig.from_preset("base", dropuot=0.3)
+
+
+def replace_tensor(folder, key, change):
+    state = load_file(folder / "model.safetensors")
+    state[key] = change(state[key])
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.int32])
+def test_a_non_float_tensor_for_a_float_parameter_is_refused(tmp_path, dtype):
+    folder = saved(tmp_path)
+    key = "model.encoder.layers.0.ffn.fc1.weight"
+    replace_tensor(folder, key, lambda t: (t * 10).to(dtype))
+    with pytest.raises(ValueError, match=rf"non-float tensors .*{key} \({ {torch.int64: 'I64', torch.uint8: 'U8', torch.bool: 'BOOL', torch.int32: 'I32'}[dtype]}, for a float32 parameter\)"):  # fmt: skip
+        VanillaTransformerForConditionalGeneration.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"non-float tensors"):  # the caller's loading report does not waive it
+        VanillaTransformerForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+
+
+def test_a_half_precision_checkpoint_still_loads(tmp_path):
+    folder = saved(tmp_path)
+    key = "model.encoder.layers.0.ffn.fc1.weight"
+    replace_tensor(folder, key, lambda t: t.half())
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(folder)
+    torch.testing.assert_close(
+        model.model.encoder.layers[0].ffn.fc1.weight, load_file(folder / "model.safetensors")[key].float()
+    )
+
+
+EDITED_CONFIGS = {
+    "fewer layers": ({}, {"decoder_layers": 1}, r"decoder.layers.1.* \(more decoder layers than decoder_layers=1\)"),
+    "learned to sinusoidal": (
+        {"position_encoding": "learned"}, {"position_encoding": "sinusoidal"},
+        r"embed_positions.weight \(learned positions, but position_encoding='sinusoidal'\)",
+    ),
+    "pre-LN to post-LN": ({"norm_first": True}, {"norm_first": False}, r"final_norm.* \(final layer norms of a pre-LN model"),
+    "untied to tied": (
+        {"tie_word_embeddings": False, "share_encoder_decoder_embeddings": True}, {"tie_word_embeddings": True},
+        r"two different matrices lm_head.weight and .*tie_word_embeddings=True",
+    ),
+    "unshared to shared": (
+        {"share_encoder_decoder_embeddings": False}, {"share_encoder_decoder_embeddings": True},
+        r"two different matrices .*decoder.embeddings.embed_tokens.weight .*share_encoder_decoder_embeddings=True",
+    ),
+    "wider": ({}, {"d_model": 4096}, r"other shapes .*\(checkpoint \(32, 32\), model \(32, 4096\)\)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EDITED_CONFIGS)
+@pytest.mark.parametrize("auto_class", [AutoModelForSeq2SeqLM, AutoModel])
+def test_a_config_that_disagrees_with_its_tensors_is_refused(tmp_path, name, auto_class):
+    built, edit, message = EDITED_CONFIGS[name]
+    tiny_model(**built).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **edit}))
+    if auto_class is AutoModel and name == "untied to tied":
+        message = None  # the base model has no output layer: nothing of the checkpoint is lost
+    if message is None:
+        auto_class.from_pretrained(tmp_path)
+        return
+    with pytest.raises(ValueError, match=message):
+        auto_class.from_pretrained(tmp_path)
+
+
+def test_a_wider_config_is_refused_before_the_weights_are_materialised(tmp_path, monkeypatch):
+    tiny_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "d_model": 4096}))
+    from transformers import PreTrainedModel
+
+    def materialise(*args, **kwargs):
+        raise AssertionError("the library's loading step was reached")
+
+    monkeypatch.setattr(PreTrainedModel, "_load_pretrained_model", staticmethod(materialise))
+    with pytest.raises(ValueError, match=r"other shapes"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+def test_saved_weights_are_readable_by_others_under_the_usual_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        tiny_model().save_pretrained(tmp_path / "model")
+        tiny_model().save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    finally:
+        os.umask(old)
+    files = [*(tmp_path / "model").iterdir(), *(tmp_path / "sharded").iterdir()]
+    assert len([f for f in files if ".safetensors" in f.name]) > 3
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o644"}
+    os.umask(0o077)
+    try:
+        tiny_model().save_pretrained(tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "private" / "model.safetensors").stat().st_mode & 0o777) == "0o600"

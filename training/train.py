@@ -17,10 +17,12 @@ optimizer, scheduler and RNG state) or --overwrite_output_dir (delete that run's
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -202,19 +204,87 @@ class TokenBatchingTrainer(Seq2SeqTrainer):
         missing = [k for k in load_result.missing_keys if not (k in tied and tied[k] not in load_result.missing_keys)]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        # A non-finite loss stops the run here, before its update reaches a checkpoint: the Trainer's own NaN filter
+        # only hides it from the log (it logs the mean of the finite steps, and 'loss': 0 once all are NaN).
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteTrainingError(
+                f"The training loss is {loss.item()} at step {self.state.global_step + 1}: the run diverged. Nothing of "
+                f"this step was saved; the complete checkpoints {self._intact()} are from before. Lower the learning "
+                "rate (--lr_scale) or lengthen the warm-up (--warmup_steps)."
+            )
+        return loss
+
+    def _intact(self) -> list[str] | str:
+        return [c.name for c in complete_checkpoints(self.args.output_dir, for_resume=True)] or "(none)"
+
     def _save_checkpoint(self, model, trial) -> None:
+        # Non-finite weights (a finite loss whose gradient overflowed) are never written as a checkpoint.
+        broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if broken:
+            raise NonFiniteTrainingError(
+                f"{len(broken)} weight tensors are not finite at step {self.state.global_step} ({', '.join(broken[:3])}"
+                f"{' ...' if len(broken) > 3 else ''}): the run diverged and checkpoint-{self.state.global_step} was "
+                f"not written; the complete checkpoints {self._intact()} are from before."
+            )
         # A checkpoint counts as written once its trainer_state.json (the Trainer's last file) parses, so a save
         # that fails half-way (a full disk, a kill) leaves a folder that resuming and averaging skip; the earlier
-        # checkpoints are untouched. The error says so instead of a bare OSError from deep inside torch.save.
+        # checkpoints are untouched. The error says so instead of a bare error from deep inside torch.save, which
+        # reports a full disk as RuntimeError("... unexpected pos ...") rather than OSError.
         try:
             super()._save_checkpoint(model, trial)
-        except OSError as error:
-            intact = [c.name for c in complete_checkpoints(self.args.output_dir, for_resume=True)]
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not WRITE_FAILURE.search(str(error)):
+                raise
+            reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
             raise OSError(
-                error.errno,
-                f"Saving checkpoint-{self.state.global_step} in {self.args.output_dir} failed ({error.strerror or error}); "
-                f"the complete checkpoints {intact or '(none)'} are intact and a rerun resumes from the last of them.",
+                getattr(error, "errno", None) or errno.EIO,
+                f"Saving checkpoint-{self.state.global_step} in {self.args.output_dir} failed ({reason}); is the disk "
+                f"full? The complete checkpoints {self._intact()} are intact and a rerun resumes from the last of them.",
             ) from error
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The run diverged (a NaN or infinite loss or weight); nothing from it was saved or published."""
+
+
+# How torch.save's zip writer and safetensors report a failed write (ENOSPC, EFBIG, EIO) as RuntimeError.
+WRITE_FAILURE = re.compile(r"unexpected pos|file write failed|PytorchStreamWriter failed|No space left|File too large")
+
+
+class LossRiseCallback(TrainerCallback):
+    """Reports a training loss that rises far above where it started (by `factor`); the run goes on (a spike may
+    recover), the rise is recorded in results.json, and --push_to_hub refuses a model whose last logged loss is
+    above its first (see `check_loss_history`)."""
+
+    def __init__(self, factor: float = 2.0):
+        self.factor = factor
+        self.reported = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        if (
+            len(losses) >= 2
+            and losses[-1] > self.factor * losses[0]
+            and not self.reported
+            and state.is_world_process_zero
+        ):
+            self.reported = True
+            print(
+                f"[train] WARNING: the training loss rose from {losses[0]:.3g} to {losses[-1]:.3g} at step "
+                f"{state.global_step}: the run may be diverging (learning rate too high, warm-up too short).",
+                file=sys.stderr,
+            )
+
+
+def loss_rise(log_history: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The first and last logged training losses when the last is above the first (the model got worse than at
+    its start), else None."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    if len(losses) >= 2 and losses[-1] > losses[0]:
+        return {"first_loss": losses[0], "last_loss": losses[-1]}
+    return None
 
 
 class SaveEveryMinutesCallback(TrainerCallback):
@@ -344,6 +414,37 @@ def check_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise SystemExit(f"Cannot write to the output folder {output_dir}: {error}") from error
+
+
+LOCK_NAME = ".training.lock"
+
+
+def lock_output_dir(output_dir: Path):
+    """An exclusive lock on OUTPUT_DIR for as long as this run lives (the first process holds it; the operating
+    system releases it when the process ends, however it ends). A second run started into the same folder is
+    refused with the holder's pid, before it reads or changes anything there. Returns the open lock file (close it
+    to release) or None on a non-main process."""
+    import fcntl
+    import socket
+
+    if not is_main_process():
+        return None
+    handle = open(output_dir / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (held open until the run ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise SystemExit(
+            f"{output_dir} is in use by a running training ({holder}); two runs in one output folder would replace "
+            "each other's checkpoints and results. Wait for it, stop it, or choose another --output_dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle
 
 
 def check_distributed_strategy() -> None:
@@ -630,10 +731,20 @@ def peak_learning_rate(given: float | None, d_model: int, warmup_steps: float, l
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = parse_args(argv)
-    model_args, data_args, paper, training = run.model, run.data, run.paper, run.training
     check_distributed_strategy()
-    output_dir = Path(training.output_dir)
+    output_dir = Path(run.training.output_dir)
     check_output_dir(output_dir)
+    lock = lock_output_dir(output_dir)
+    try:
+        return run_in(run, output_dir)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
+    """The run, once this process holds OUTPUT_DIR's lock."""
+    model_args, data_args, paper, training = run.model, run.data, run.paper, run.training
     resume = resolve_resume(run, output_dir)
     config = initial_config(run)  # --model_name_or_path's config is read (and checked) before any data
     training.learning_rate = peak_learning_rate(training.learning_rate, config.d_model, training.warmup_steps,
@@ -693,6 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         SaveAtEndCallback(),
         KeepLastCheckpointsCallback(paper.average_last + 1),
         RecordArgumentsCallback(run.recorded()),
+        LossRiseCallback(),
     ] + ([SaveEveryMinutesCallback(paper.save_minutes)] if paper.save_minutes else [])
     trainer = TokenBatchingTrainer(
         model=model,
@@ -716,6 +828,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         results.update(finish(run, trainer, tokenizer, data, output_dir, started))
         if push:
+            if rise := results.get("loss_rise"):
+                raise SystemExit(
+                    f"Not published: the training loss ended above where it started ({rise['first_loss']:.3g} -> "
+                    f"{rise['last_loss']:.3g}), so the run diverged; {output_dir / 'model'} is kept for inspection."
+                )
             publish(output_dir / "model", training, token=model_args.token)
     trainer.accelerator.wait_for_everyone()
     return results
@@ -775,6 +892,10 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
         "device": f"{trainer.args.world_size} x {trainer.args.device.type}",
         "log_history": trainer.state.log_history,
     }
+    if rise := loss_rise(trainer.state.log_history):
+        results["loss_rise"] = rise
+        print(f"[train] WARNING: the last logged training loss {rise['last_loss']:.3g} is above the first "
+              f"{rise['first_loss']:.3g}: the run diverged or did not learn.", file=sys.stderr)  # fmt: skip
     evaluations = [e for e in trainer.state.log_history if "eval_loss" in e]
     if evaluations:
         results["validation"] = {k[5:]: v for k, v in evaluations[-1].items() if k.startswith("eval_")}
@@ -882,7 +1003,10 @@ def describe_decoding(generation_config) -> str:
 
 
 def cli() -> None:
-    main()
+    try:
+        main()
+    except (NonFiniteTrainingError, OSError) as error:  # named errors of the run itself: the message, no traceback
+        raise SystemExit(f"[train] stopped: {error}") from error
 
 
 if __name__ == "__main__":
