@@ -3,6 +3,7 @@ folder translates in a fresh virtual environment that has torch and transformers
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def test_each_missing_file_stops_the_upload_before_any_network_call(model_folder
         raise AssertionError("the Hub was called")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_network)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", no_network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", no_network)
     with pytest.raises(SystemExit, match=f"Not uploaded: .*lacks: {missing}"):
         push_main([str(folder), "--repo_id", "someone/demo"])
     with pytest.raises(ValueError, match=missing):
@@ -111,6 +112,79 @@ def test_an_invalid_card_or_auto_map_stops_the_upload(model_folder, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no auto_map entry for AutoModel"):
         check_model_folder(folder)
+
+
+def recorded_upload(monkeypatch) -> list:
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, **kw: calls.append(kw))
+    monkeypatch.setattr(huggingface_hub.ModelCard, "validate", lambda self, *a, **k: None)  # the Hub's own check
+    return calls
+
+
+def test_the_upload_sends_exactly_the_listed_files_by_name(model_folder, tmp_path, monkeypatch, capsys):
+    """upload_folder's allow_patterns are globs: `*.md` also sent sub2/NOTES.md, `weird[1].json` was listed but not
+    sent. The dry run's list and the upload's operations must be the same files."""
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    (folder / "weird[1].json").write_text("{}")
+    (folder / "*.md").write_text("a file named *.md")
+    (folder / "sub2").mkdir()
+    (folder / "sub2" / "NOTES.md").write_text("not part of the model")
+    push_main([str(folder), "--repo_id", "someone/demo", "--dry_run"])
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    calls = recorded_upload(monkeypatch)
+    push_main([str(folder), "--repo_id", "someone/demo"])
+    sent = {op.path_in_repo: Path(op.path_or_fileobj) for op in calls[0]["operations"]}
+    assert set(sent) == listed and {"weird[1].json", "*.md", "model.safetensors"} <= listed
+    assert "NOTES.md" not in " ".join(sent) and all(path == folder / name for name, path in sent.items())
+
+
+UNSAFE = {
+    "hf_token.txt": ("hf_0123456789abcdefghijklmnopqrstuv\n", "its name says it holds credentials"),
+    "credentials.json": ("{}", "its name says it holds credentials"),
+    ".secret.json": ("{}", "a hidden file"),
+    "notes.txt": ("my token: hf_0123456789abcdefghijklmnopqrstuv", r"it contains a Hugging Face token"),
+    "cached_token.txt": (None, r"a symbolic link to .*token"),
+    "passwd.txt": (Path("/etc/passwd"), r"a symbolic link to /etc/passwd"),
+}
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_credentials_and_symlinks_are_never_uploaded(model_folder, tmp_path, monkeypatch, name):
+    content, reason = UNSAFE[name]
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    if content is None:  # a link to the user's cached Hub token
+        token = tmp_path / "home" / ".cache" / "huggingface" / "token"
+        token.parent.mkdir(parents=True)
+        token.write_text("hf_0123456789abcdefghijklmnopqrstuv")
+        (folder / name).symlink_to(token)
+    elif isinstance(content, Path):
+        (folder / name).symlink_to(content)
+    else:
+        (folder / name).write_text(content)
+    calls = recorded_upload(monkeypatch)
+    with pytest.raises(SystemExit, match=rf"holds files that are never uploaded: {re.escape(name)} \({reason}"):
+        push_main([str(folder), "--repo_id", "someone/demo"])
+    assert calls == []
+    push_main([str(folder), "--repo_id", "someone/demo", "--skip_unsafe"])
+    sent = {op.path_in_repo for op in calls[0]["operations"]}
+    assert name not in sent and "model.safetensors" in sent and "tokenizer.json" in sent
+
+
+def test_a_symlinked_required_file_is_refused_not_followed(model_folder, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    (folder / "config.json").rename(tmp_path / "config.json")
+    (folder / "config.json").symlink_to(tmp_path / "config.json")
+    recorded_upload(monkeypatch)
+    with pytest.raises(SystemExit, match=r"config.json \(a symbolic link to "):
+        push_main([str(folder), "--repo_id", "someone/demo"])
+    with pytest.raises(SystemExit, match=r"lacks: config.json"):
+        push_main([str(folder), "--repo_id", "someone/demo", "--skip_unsafe"])
 
 
 @pytest.mark.slow

@@ -7,13 +7,20 @@
 
 The folder must hold the weights, the config (with an `auto_map`), the four code files, the tokenizer, the
 generation config and a model card whose metadata validates; anything missing stops the upload before any
-network call. `--dry_run` prints exactly the files that would be sent and their sizes, and sends nothing.
+network call. `--dry_run` prints exactly the files that would be sent and their sizes, and sends nothing; the
+upload sends exactly those files, by name (one commit of one operation per file, no patterns).
+
+Never sent: symbolic links (they may point at ~/.cache/huggingface/token or /etc/passwd), hidden files, and files
+that look like credentials by name (token, secret, credential, password, .env, private keys) or by content (a
+Hugging Face token). A folder holding any of them is refused, naming them, unless `--skip_unsafe` is given; then
+they are left out and listed as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 REQUIRED = {
@@ -32,14 +39,57 @@ AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM")
 UPLOADED_SUFFIXES = (".safetensors", ".json", ".py", ".md", ".png", ".txt", ".model")
 
 
-def check_model_folder(folder: str | Path, online: bool = False) -> list[Path]:
-    """Raises ValueError naming everything missing or invalid; returns the files to upload."""
+# Names of files that hold credentials; "token" only as a word of its own, so tokenizer files are not matched.
+CREDENTIAL_NAME = re.compile(
+    r"(^|[._-])(hf_)?(token|tokens|auth)([._-]|$)|secret|credential|passw(or)?d|api[_-]?key|^\.env|\.netrc|id_(rsa|dsa|"
+    r"ecdsa|ed25519)|\.(pem|key|p12|pfx)$",
+    re.IGNORECASE,
+)
+HF_TOKEN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+SCANNED_BYTES = 10_000_000  # text files up to this size are searched for a token (the weights are not)
+
+
+def unsafe_files(folder: Path) -> dict[Path, str]:
+    """Everything in `folder` that must never be uploaded, with the reason."""
+    unsafe: dict[Path, str] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink():
+            unsafe[path] = f"a symbolic link to {path.readlink()}"
+        elif path.name.startswith("."):
+            unsafe[path] = "a hidden file"
+        elif CREDENTIAL_NAME.search(path.name):
+            unsafe[path] = "its name says it holds credentials"
+        elif (
+            path.is_file()
+            and path.suffix != ".safetensors"
+            and path.stat().st_size <= SCANNED_BYTES
+            and HF_TOKEN.search(path.read_bytes())
+        ):
+            unsafe[path] = "it contains a Hugging Face token (hf_...)"
+    return unsafe
+
+
+def check_model_folder(folder: str | Path, online: bool = False, skip_unsafe: bool = False) -> list[Path]:
+    """Raises ValueError naming everything missing, invalid or unsafe; returns the files to upload."""
     from .model_card import check_card
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder.")
-    missing = [f"{name} ({what})" for name, what in REQUIRED.items() if not (folder / name).is_file()]
+    unsafe = unsafe_files(folder)
+    if unsafe and not skip_unsafe:
+        named = "; ".join(f"{path.name} ({why})" for path, why in unsafe.items())
+        raise ValueError(
+            f"{folder} holds files that are never uploaded: {named}. Remove them, or pass --skip_unsafe to upload "
+            "the rest without them."
+        )
+    for path, why in unsafe.items():
+        print(f"  not uploaded: {path.name} ({why})")
+    missing = [
+        f"{name} ({what})"
+        for name, what in REQUIRED.items()
+        if not (folder / name).is_file() or folder / name in unsafe
+    ]
     if missing:
         raise ValueError(f"{folder} cannot be published; it lacks: {'; '.join(missing)}.")
     config = json.loads((folder / "config.json").read_text())
@@ -49,7 +99,7 @@ def check_model_folder(folder: str | Path, online: bool = False) -> list[Path]:
             f"{folder}/config.json has no auto_map entry for {', '.join(absent)}: save it with save_pretrained."
         )
     check_card(folder / "README.md", online=online)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in UPLOADED_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p not in unsafe and p.is_file() and p.suffix in UPLOADED_SUFFIXES)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,9 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry_run", action="store_true", help="list the files and sizes; upload nothing")
     parser.add_argument("--commit_message", default="Upload the Transformer (Vaswani et al. 2017)")
+    parser.add_argument(
+        "--skip_unsafe", action="store_true", help="leave out symlinks, hidden and credential-like files, not refuse"
+    )
     args = parser.parse_args(argv)
     try:
-        files = check_model_folder(args.folder, online=not args.dry_run)
+        files = check_model_folder(args.folder, online=not args.dry_run, skip_unsafe=args.skip_unsafe)
     except ValueError as error:
         raise SystemExit(f"Not uploaded: {error}") from error
     total = sum(f.stat().st_size for f in files)
@@ -81,8 +134,10 @@ def upload(
     commit_message: str = "Upload the Transformer (Vaswani et al. 2017)",
     files: list[Path] | None = None,
 ) -> None:
-    """Checks `folder` (check_model_folder, with the Hub's card validation) and uploads exactly its listed files."""
-    from huggingface_hub import HfApi
+    """Checks `folder` (check_model_folder, with the Hub's card validation) and uploads exactly its listed files:
+    one commit with one operation per file, by name (upload_folder's allow_patterns are glob patterns: `*.md` would
+    also send sub/NOTES.md, and `weird[1].json` would match nothing)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     if files is None:
         try:
@@ -91,12 +146,12 @@ def upload(
             raise SystemExit(f"Not uploaded: {error}") from error
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        allow_patterns=[p.name for p in files],
-        commit_message=commit_message,
-    )
+    folder = Path(folder)
+    outside = [p for p in files if p.is_symlink() or p.resolve().parent != folder.resolve()]
+    if outside:
+        raise SystemExit(f"Not uploaded: {', '.join(map(str, outside))} are not plain files of {folder}.")
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)
     print(f"Uploaded to https://huggingface.co/{repo_id}")
 
 

@@ -253,12 +253,17 @@ class NonFiniteTrainingError(RuntimeError):
 WRITE_FAILURE = re.compile(r"unexpected pos|file write failed|PytorchStreamWriter failed|No space left|File too large")
 
 
+# A logged training loss above this multiple of the first is reported (a diverging run); a run whose last logged loss
+# is above it is recorded as such in results.json and not published.
+LOSS_RISE_FACTOR = 1.5
+
+
 class LossRiseCallback(TrainerCallback):
     """Reports a training loss that rises far above where it started (by `factor`); the run goes on (a spike may
     recover), the rise is recorded in results.json, and --push_to_hub refuses a model whose last logged loss is
-    above its first (see `check_loss_history`)."""
+    that far above its first (see `loss_rise`)."""
 
-    def __init__(self, factor: float = 2.0):
+    def __init__(self, factor: float = LOSS_RISE_FACTOR):
         self.factor = factor
         self.reported = False
 
@@ -279,10 +284,10 @@ class LossRiseCallback(TrainerCallback):
 
 
 def loss_rise(log_history: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The first and last logged training losses when the last is above the first (the model got worse than at
-    its start), else None."""
+    """The first and last logged training losses when the last is LOSS_RISE_FACTOR times the first or more (the
+    model ended far worse than it started), else None."""
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    if len(losses) >= 2 and losses[-1] > losses[0]:
+    if len(losses) >= 2 and losses[-1] > LOSS_RISE_FACTOR * losses[0]:
         return {"first_loss": losses[0], "last_loss": losses[-1]}
     return None
 
@@ -830,7 +835,7 @@ def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
         if push:
             if rise := results.get("loss_rise"):
                 raise SystemExit(
-                    f"Not published: the training loss ended above where it started ({rise['first_loss']:.3g} -> "
+                    f"Not published: the training loss ended far above where it started ({rise['first_loss']:.3g} -> "
                     f"{rise['last_loss']:.3g}), so the run diverged; {output_dir / 'model'} is kept for inspection."
                 )
             publish(output_dir / "model", training, token=model_args.token)
@@ -894,8 +899,8 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
     }
     if rise := loss_rise(trainer.state.log_history):
         results["loss_rise"] = rise
-        print(f"[train] WARNING: the last logged training loss {rise['last_loss']:.3g} is above the first "
-              f"{rise['first_loss']:.3g}: the run diverged or did not learn.", file=sys.stderr)  # fmt: skip
+        print(f"[train] WARNING: the last logged training loss {rise['last_loss']:.3g} is far above the first "
+              f"{rise['first_loss']:.3g}: the run diverged.", file=sys.stderr)  # fmt: skip
     evaluations = [e for e in trainer.state.log_history if "eval_loss" in e]
     if evaluations:
         results["validation"] = {k[5:]: v for k, v in evaluations[-1].items() if k.startswith("eval_")}
