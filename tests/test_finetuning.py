@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -707,3 +708,63 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_complete_checkpo
     assert not (out / "checkpoint-4" / "trainer_state.json").exists()
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     assert (out / "model" / "model.safetensors").read_bytes() == published  # the first run's model is not replaced
+
+
+def test_a_missing_empty_or_truncated_tokenizer_folder_is_named_before_any_data(tmp_path, no_data_work):
+    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
+
+    good = tmp_path / "tokenizer"
+    train_bpe_tokenizer(["one two three", "eins zwei drei"] * 20, vocab_size=40).save_pretrained(good)
+    truncated, without_json = tmp_path / "truncated", tmp_path / "without_json"
+    shutil.copytree(good, truncated)
+    text = (good / "tokenizer.json").read_text()
+    (truncated / "tokenizer.json").write_text(text[: len(text) // 2])
+    shutil.copytree(good, without_json)
+    (without_json / "tokenizer.json").unlink()
+    model_without_tokenizer = tmp_path / "model"
+    tiny_model = VanillaTransformerForConditionalGeneration(initial_config(parse_args([*TINY, "--output_dir", "x"])))
+    model_without_tokenizer.mkdir()
+    tiny_model.config.save_pretrained(model_without_tokenizer)
+    cases = [
+        (["--tokenizer_name", str(tmp_path / "missing")], r"--tokenizer_name .*missing: no such folder"),
+        (["--tokenizer_name", str(truncated)], r"tokenizer.json is damaged or truncated \(Unterminated|Expecting"),
+        (["--tokenizer_name", str(without_json)], r"holds no tokenizer .*it has \['tokenizer_config.json'\]"),
+        (["--model_name_or_path", str(model_without_tokenizer)], r"--model_name_or_path .*model holds no tokenizer"),
+    ]
+    for arguments, message in cases:
+        base = [] if "--model_name_or_path" in arguments else [a for a in TINY if a not in ("--vocab_size", "200")]
+        with pytest.raises(SystemExit, match=message):
+            main(["--output_dir", str(tmp_path / "run"), *base, *arguments])
+
+
+def test_data_files_with_a_byte_order_mark_or_invalid_utf8(tmp_path):
+    """A BOM is not part of the first sentence (the text loader kept it: '\\ufeffone'); invalid UTF-8 is named by
+    line and column (datasets reports a position inside the chunk it was reading)."""
+    from hf_vanilla_transformer_training.data import read_local_split
+
+    sources = "".join(f"one {i}\n" for i in range(100)).encode()
+    targets = "".join(f"eins {i}\n" for i in range(100)).encode()
+    (tmp_path / "src.txt").write_bytes(b"\xef\xbb\xbf" + sources)
+    (tmp_path / "tgt.txt").write_bytes(b"\xef\xbb\xbf" + targets)
+    rows = read_local_split(f"{tmp_path / 'src.txt'},{tmp_path / 'tgt.txt'}", "en", "de")
+    assert rows[0]["translation"] == {"en": "one 0", "de": "eins 0"} and len(rows) == 100
+    lines = [json.dumps({"translation": {"en": f"one {i}", "de": f"eins {i}"}}).encode() for i in range(100)]
+    lines[60] = lines[60].replace(b"eins", b"ei\xffns")
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl is not UTF-8 text: line 61, column \d+ has the byte 0xff"):
+        read_local_split(str(tmp_path / "bad.jsonl"), "en", "de")
+    (tmp_path / "bad.txt").write_bytes(sources.replace(b"one 7\n", b"one \xfe7\n"))
+    with pytest.raises(ValueError, match=r"bad.txt is not UTF-8 text: line 8, column 5 has the byte 0xfe"):
+        read_local_split(f"{tmp_path / 'bad.txt'},{tmp_path / 'tgt.txt'}", "en", "de")
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "constant_with_warmup"])
+def test_no_warm_up_runs_with_another_schedule_and_a_given_learning_rate(tmp_path, scheduler):
+    """--warmup_steps 0 raised ZeroDivisionError: a post-LN run without warm-up (Xiong et al.'s question) could not
+    even start. With another scheduler and a --learning_rate it runs, at the given rate from step 1."""
+    out = tmp_path / "run"
+    main([*TINY, "--output_dir", str(out), "--warmup_steps", "0", "--lr_scheduler_type", scheduler,
+          "--learning_rate", "0.001", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "1000", "--skip_test"])  # fmt: skip
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    rates = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
+    assert rates[0] == pytest.approx(0.001 * 4)  # TINY's --lr_scale 4 multiplies a given rate too

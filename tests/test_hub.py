@@ -217,3 +217,78 @@ def test_translate_command_reads_stdin_and_keeps_order(model_folder, tmp_path):
     for line in lines:  # one at a time: batching must not change a translation
         expected.append(translate(model, tokenizer, [line], progress=False)[0])
     assert result.stdout.splitlines() == expected and expected[1] == ""
+
+
+# ---- translate: bad input and output (issue 15) ---------------------------------------------------------------
+def translate_main(folder, arguments, stdin: bytes = b"", monkeypatch=None):
+    import io
+
+    from hf_vanilla_transformer.translation import main as translate_command
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    translate_command([str(folder), *arguments])
+
+
+def test_translate_refuses_invalid_utf8_naming_the_line_and_keeps_a_byte_order_mark_out(
+    model_folder, tmp_path, monkeypatch, capsys
+):
+    bad = b"twelve\nAug 3, 2001\nsieben \xff und\n"
+    with pytest.raises(SystemExit, match=r"standard input is not UTF-8 text: line 3, column 8 has the byte 0xff"):
+        translate_main(model_folder, [], bad, monkeypatch)
+    (tmp_path / "bad.txt").write_bytes(bad)
+    with pytest.raises(SystemExit, match=r"bad.txt is not UTF-8 text: line 3, column 8"):
+        translate_main(model_folder, ["--input", str(tmp_path / "bad.txt")], b"", monkeypatch)
+    translate_main(model_folder, ["--num_beams", "1"], "\ufefftwelve\n".encode(), monkeypatch)
+    with_bom = capsys.readouterr().out
+    translate_main(model_folder, ["--num_beams", "1"], b"twelve\n", monkeypatch)
+    assert with_bom == capsys.readouterr().out and with_bom.count("\n") == 1
+
+
+def test_translate_refuses_an_overlong_line_before_decoding(model_folder, monkeypatch):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("generate was called")
+
+    monkeypatch.setattr(AutoModelForSeq2SeqLM.from_pretrained(model_folder).__class__, "generate", no_decoding)
+    lines = b"twelve\n" + b"seven " * 3000 + b"\nAug 3, 2001\n"
+    with pytest.raises(SystemExit, match=r"1 line\(s\) are longer than max_source_tokens=1024: line 2 \(\d+ tokens\)"):
+        translate_main(model_folder, [], lines, monkeypatch)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_folder)
+    with pytest.raises(ValueError, match=r"line 1 \(\d+ tokens\)"):
+        translate(model, AutoTokenizer.from_pretrained(model_folder), ["seven " * 20], max_source_tokens=10)
+
+
+def test_translate_checks_its_output_before_decoding_and_never_half_writes_it(model_folder, tmp_path, monkeypatch):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model_class = AutoModelForSeq2SeqLM.from_pretrained(model_folder).__class__
+    real_generate = model_class.generate
+    calls = []
+    monkeypatch.setattr(model_class, "generate", lambda self, *a, **k: calls.append(1) or real_generate(self, *a, **k))
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    try:
+        for output, message in [
+            (readonly / "out.txt", r"cannot be written \(permission denied\)"),
+            (tmp_path / "missing" / "out.txt", r"the folder .*missing does not exist"),
+            (tmp_path, r"is a folder"),
+        ]:
+            if os.geteuid() == 0 and output.parent == readonly:
+                continue  # root writes anywhere
+            with pytest.raises(SystemExit, match=message):
+                translate_main(model_folder, ["--output", str(output)], b"twelve\n", monkeypatch)
+    finally:
+        readonly.chmod(0o755)
+    assert calls == []
+    # A failure while decoding leaves the earlier output file as it was.
+    earlier = tmp_path / "out.txt"
+    earlier.write_text("the translations of yesterday\n")
+    monkeypatch.setattr(model_class, "generate", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        translate_main(model_folder, ["--output", str(earlier)], b"twelve\n", monkeypatch)
+    assert earlier.read_text() == "the translations of yesterday\n" and sorted(tmp_path.glob(".out.txt*")) == []
+    monkeypatch.setattr(model_class, "generate", real_generate)
+    translate_main(model_folder, ["--output", str(earlier), "--num_beams", "1"], b"twelve\nAug 3, 2001\n", monkeypatch)
+    assert len(earlier.read_text().splitlines()) == 2

@@ -335,6 +335,10 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
         raise SystemExit(f"--{name} does not apply to this command: {replaced[name]}.")
     if model.tokenizer_name is not None and "vocab_size" in given:
         raise SystemExit("--vocab_size trains a new vocabulary; with --tokenizer_name that tokenizer's is used.")
+    for name in ("model_name_or_path", "tokenizer_name"):
+        if getattr(model, name) is not None:  # the tokenizer comes from --tokenizer_name, else from the model
+            needs_tokenizer = name == "tokenizer_name" or model.tokenizer_name is None
+            check_local_folder(name, getattr(model, name), needs_tokenizer)
     if training.push_to_hub and (
         paper.skip_test or not training.do_predict or (data.train_file and not data.test_file)
     ):
@@ -368,6 +372,36 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
             raise SystemExit("The paper's peak learning rate needs --warmup_steps >= 1; or give --learning_rate.")
         training.learning_rate = None  # filled from d_model once the model's config is known
     return overrides
+
+
+# What a tokenizer folder holds besides tokenizer_config.json: a fast tokenizer's tokenizer.json, or the vocabulary
+# files of a slow one (MarianTokenizer: *.spm and vocab.json; FairseqBPETokenizer: vocab-src.json, merges.txt).
+TOKENIZER_FILES = ("tokenizer.json", "*.spm", "*.model", "vocab*.json", "vocab*.txt", "merges.txt")
+
+
+def check_local_folder(name: str, value: str, needs_tokenizer: bool) -> None:
+    """--model_name_or_path / --tokenizer_name given as a path (not a Hub id): it must be a folder, holding a
+    readable tokenizer where the run takes its tokenizer from it; checked before any data is read."""
+    path = Path(value).expanduser()
+    looks_local = path.is_absolute() or value.startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return  # a Hub id, resolved (or refused) by the library
+    if not path.is_dir():
+        raise SystemExit(f"--{name} {value}: no such folder.")
+    if not needs_tokenizer:
+        return
+    if not (path / "tokenizer_config.json").is_file() or not any(any(path.glob(f)) for f in TOKENIZER_FILES):
+        raise SystemExit(
+            f"--{name} {value} holds no tokenizer (tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)}); "
+            f"it has {sorted(p.name for p in path.iterdir())[:12]}. Save the tokenizer there with "
+            "tokenizer.save_pretrained, or give --tokenizer_name."
+        )
+    tokenizer_json = path / "tokenizer.json"
+    if tokenizer_json.is_file():
+        try:
+            json.loads(tokenizer_json.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise SystemExit(f"--{name} {value}: tokenizer.json is damaged or truncated ({error}).") from error
 
 
 def check_data_file(name: str, spec: str) -> None:

@@ -76,10 +76,31 @@ def build_demo_corpus(
 
 
 # ---- other data ----------------------------------------------------------------------------------------------
+def check_utf8(path: Path) -> None:
+    """Reads `path` through an incremental UTF-8 decoder and names the line and column of the first invalid byte.
+    Needed because pyarrow's JSON reader stores invalid bytes inside strings without complaint (the row fails only
+    when read, deep inside training), and datasets' text loader reports a position inside the chunk it was reading."""
+    import codecs
+
+    from hf_vanilla_transformer.translation import decode_text
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        decode_text(path.read_bytes(), str(path))  # raises, naming the line and column
+        raise
+
+
 def _load(builder: str, path: Path, **options: Any) -> Dataset:
-    """One file through a `datasets` packaged loader (json, csv, text), its errors named by file."""
+    """One UTF-8 file through a `datasets` packaged loader (json, csv, text), its errors named by file."""
     from datasets import load_dataset
 
+    if path.is_file():
+        check_utf8(path)
     try:
         return load_dataset(builder, data_files={"rows": str(path)}, split="rows", **options)
     except Exception as error:  # datasets wraps parser errors in several types (DatasetGenerationError, ...)
@@ -111,8 +132,9 @@ def read_local_split(spec: str, source_lang: str, target_lang: str) -> Dataset:
     parts = spec.split(",")
     if len(parts) == 2:
         source_path, target_path = Path(parts[0]), Path(parts[1])
-        sources = _load("text", source_path, keep_linebreaks=False)["text"]
-        targets = _load("text", target_path, keep_linebreaks=False)["text"]
+        # utf-8-sig: a byte-order mark is not part of the first sentence.
+        sources = _load("text", source_path, keep_linebreaks=False, encoding="utf-8-sig")["text"]
+        targets = _load("text", target_path, keep_linebreaks=False, encoding="utf-8-sig")["text"]
         if len(sources) != len(targets):
             raise ValueError(
                 f"Aligned files differ in length: {source_path} has {len(sources)} lines, {target_path} has "
