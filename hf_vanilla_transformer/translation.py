@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         from .cpu_decoding import pack_for_cpu_decoding
 
         pack_for_cpu_decoding(model)  # the same translations, faster (benchmarks/speed.py: "ours+packed")
-    kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    kwargs = {"num_beams": args.num_beams} if args.num_beams is not None else {}
     try:
         hypotheses = translate(
             model, tokenizer, lines, batch_tokens=args.batch_tokens,
@@ -177,7 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        write_atomically(args.output, text)
+        try:
+            write_atomically(args.output, text)
+        except OSError as error:
+            raise SystemExit(
+                f"vanilla-transformer-translate: writing {args.output} failed ({error}); it was left as it was."
+            ) from error
 
 
 if __name__ == "__main__":

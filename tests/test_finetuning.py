@@ -768,3 +768,10 @@ def test_no_warm_up_runs_with_another_schedule_and_a_given_learning_rate(tmp_pat
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     rates = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
     assert rates[0] == pytest.approx(0.001 * 4)  # TINY's --lr_scale 4 multiplies a given rate too
+
+
+def test_a_learning_rate_of_zero_is_kept_not_replaced_by_the_formula(tmp_path, no_data_work):
+    run = parse_args([*TINY, "--output_dir", str(tmp_path), "--learning_rate", "0"])
+    assert run.training.learning_rate == 0.0
+    assert peak_learning_rate(run.training.learning_rate, 32, 4, 4.0) == 0.0
+    assert peak_learning_rate(None, 32, 4, 1.0) == pytest.approx(32**-0.5 * 4**-0.5)

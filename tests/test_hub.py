@@ -292,3 +292,34 @@ def test_translate_checks_its_output_before_decoding_and_never_half_writes_it(mo
     monkeypatch.setattr(model_class, "generate", real_generate)
     translate_main(model_folder, ["--output", str(earlier), "--num_beams", "1"], b"twelve\nAug 3, 2001\n", monkeypatch)
     assert len(earlier.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("beams", ["0", "-3"])
+def test_translate_refuses_a_beam_count_below_one(model_folder, monkeypatch, beams):
+    with pytest.raises(SystemExit, match=rf"num_beams={beams} is invalid: expected an integer >= 1"):
+        translate_main(model_folder, ["--num_beams", beams], b"twelve\n", monkeypatch)
+
+
+def test_a_write_that_fails_part_way_leaves_the_earlier_output_file(model_folder, tmp_path):
+    """The output is written to a temporary file and renamed over the old one: a full disk (here a file-size limit)
+    while writing leaves the earlier translations, not a truncated file."""
+    import resource
+    import signal
+
+    earlier = tmp_path / "out.txt"
+    earlier.write_text("the translations of yesterday\n")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    command = [sys.executable, "-m", "hf_vanilla_transformer.translation", str(model_folder), "--output", str(earlier),
+               "--num_beams", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, input="twelve\n" * 400, env=env, capture_output=True, text=True,
+                            timeout=300, preexec_fn=limit)  # fmt: skip
+    assert result.returncode != 0 and re.search(
+        r"writing .*out.txt failed \(.*File too large.*\); it was left as it was", result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert earlier.read_text() == "the translations of yesterday\n" and sorted(tmp_path.glob(".out.txt*")) == []
