@@ -153,9 +153,11 @@ def fake_checkpoint(folder: Path, resumable: bool = True) -> Path:
 
 def test_nothing_a_previous_run_or_the_user_saved_is_deleted_by_a_refused_or_unsafe_request(tmp_path, no_data_work):
     from hf_vanilla_transformer import small_config
+    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
 
     out = tmp_path / "run"
     VanillaTransformerForConditionalGeneration(small_config("tiny")).save_pretrained(out / "model")
+    train_bpe_tokenizer(["one two", "eins zwei"] * 20, vocab_size=40).save_pretrained(out / "model")
     # --overwrite_output_dir would delete the model this run fine-tunes: refused.
     with pytest.raises(SystemExit, match=r"--overwrite_output_dir would delete .*model, which this run reads"):
         main(["--output_dir", str(out), "--overwrite_output_dir", "--model_name_or_path", str(out / "model")])
@@ -303,10 +305,14 @@ def test_a_run_reports_plain_nll_and_perplexity_warns_nothing_and_resumes_only_e
 
     # A rerun into the used folder, without --resume_from_checkpoint or --overwrite_output_dir: refused, and
     # nothing deleted or changed.
-    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    # (The lock file is rewritten by every run that starts, the refused one included: it names its holder.)
+    def files():
+        return sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*") if p.name != ".training.lock")
+
+    before = files()
     with pytest.raises(SystemExit, match=r"holds another run \(checkpoint-2, .*Give --resume_from_checkpoint last"):
         main([*common, "--max_steps", "4"])
-    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    assert files() == before
     # Resuming with another model: refused, naming the field, before any data (recorded run arguments) ...
     with pytest.raises(SystemExit, match=r"Cannot resume: this run's config_overrides is \{'d_ff': 32\} but the run"):
         main([*common, "--max_steps", "4", "--resume_from_checkpoint", "last", "--config_overrides", '{"d_ff": 32}'])
@@ -775,3 +781,21 @@ def test_a_learning_rate_of_zero_is_kept_not_replaced_by_the_formula(tmp_path, n
     assert run.training.learning_rate == 0.0
     assert peak_learning_rate(run.training.learning_rate, 32, 4, 4.0) == 0.0
     assert peak_learning_rate(None, 32, 4, 1.0) == pytest.approx(32**-0.5 * 4**-0.5)
+
+
+@pytest.mark.parametrize("field", ["scale_embedding", "label_smoothing", "norm_first"])
+def test_resuming_with_a_changed_training_field_is_refused_naming_it(tmp_path, field):
+    """Resuming with a changed scale_embedding or label_smoothing continued silently, and the published config then
+    disagreed with the averaged weights."""
+    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
+    from hf_vanilla_transformer_training.train import check_checkpoint_matches
+
+    tokenizer = train_bpe_tokenizer(["one two three", "eins zwei drei"] * 20, vocab_size=40)
+    config = initial_config(parse_args([*TINY, "--output_dir", "x"]))
+    VanillaTransformerForConditionalGeneration(config).save_pretrained(tmp_path / "checkpoint-2")
+    tokenizer.save_pretrained(tmp_path / "checkpoint-2")
+    check_checkpoint_matches(tmp_path / "checkpoint-2", config, tokenizer)  # the same run: accepted
+    changed = {"scale_embedding": False, "label_smoothing": 0.2, "norm_first": True}[field]
+    other = config.__class__(**{**config.to_dict(), field: changed})
+    with pytest.raises(SystemExit, match=rf"its config has {field}=.* but this run's arguments give {field}={changed}"):
+        check_checkpoint_matches(tmp_path / "checkpoint-2", other, tokenizer)

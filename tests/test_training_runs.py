@@ -239,7 +239,7 @@ def test_a_full_disk_at_a_save_keeps_earlier_checkpoints_and_resumes(tmp_path, m
         return real_save(*a, **k)
 
     monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk_on_the_third_save)
-    with pytest.raises(OSError, match=r"Saving checkpoint-6 .* failed \(No space left on device\); the complete "
+    with pytest.raises(OSError, match=r"Saving checkpoint-6 .* failed \(No space left on device\); is the disk full\? The complete "
                        r"checkpoints \['checkpoint-2', 'checkpoint-4'\] are intact"):  # fmt: skip
         main(args)
     assert [c.name for c in complete_checkpoints(out, for_resume=True)] == ["checkpoint-2", "checkpoint-4"]
