@@ -52,6 +52,7 @@ LIBRARY_CONFIG_KEYS = frozenset(
         "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss", "sep_token_id", "output_attentions",
         "attn_implementation", "experts_implementation", "_attn_implementation_autoset", "custom_pipelines",
         "transformers_version", "torch_dtype", "_commit_hash", "_from_model_config",
+        "max_new_tokens_over_source", "length_penalty_type",  # this model's decoding options (generation config)
     }
 )  # fmt: skip
 

@@ -19,6 +19,7 @@ division there, so three private methods are overridden below, all for that one 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -123,13 +124,14 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
         if over_source is not None:
             source_lengths = self._source_lengths(inputs, kwargs)
             eos_token_id = self._generation_option("eos_token_id", generation_config, kwargs, pop=False)
-            if isinstance(eos_token_id, (list, tuple, torch.Tensor)):
+            if isinstance(eos_token_id, torch.Tensor):
+                eos_token_id = eos_token_id.tolist()  # a 0-d tensor becomes an int, others a list
+            if isinstance(eos_token_id, (list, tuple)):
                 if len(eos_token_id) == 0:
                     raise ValueError(
                         f"eos_token_id={eos_token_id!r} is invalid: expected a token id or a non-empty list."
                     )
                 eos_token_id = eos_token_id[0]
-                eos_token_id = int(eos_token_id) if isinstance(eos_token_id, torch.Tensor) else eos_token_id
             eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
             if not isinstance(eos_token_id, int) or not 0 <= eos_token_id < self.config.target_vocab_size:
                 raise ValueError(
@@ -224,7 +226,7 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
                 setattr(generation_config, name, model_kwargs.pop(name))
         for name in ("num_beams", "num_return_sequences"):  # the library divides by them or builds tensors of them
             value = getattr(generation_config, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}={value!r} is invalid: expected an integer >= 1.")
         eos = generation_config.eos_token_id
         if isinstance(eos, list) and not eos:

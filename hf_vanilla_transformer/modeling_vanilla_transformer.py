@@ -276,12 +276,20 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None
         raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, vocab_size={vocab_size}).")
 
 
-def check_labels(labels: torch.Tensor, source: torch.Tensor | None, encoder_outputs: Any) -> None:
+def check_labels(labels: torch.Tensor, source: torch.Tensor | None, encoder_outputs: Any, vocab_size: int) -> None:
     if labels.dim() != 2 or labels.dtype not in (torch.int64, torch.int32):
         raise ValueError(
             f"labels must be token ids of shape (batch_size, target_length) and dtype torch.int64, got shape "
             f"{tuple(labels.shape)} and dtype {labels.dtype}."
         )
+    if not is_torchdynamo_compiling():  # before the shifted copy is checked as decoder_input_ids
+        low, high = torch.aminmax(labels)
+        if high >= vocab_size or (low < 0 and bool(((labels < 0) & (labels != -100)).any())):
+            bad = int(high) if high >= vocab_size else int(labels[(labels < 0) & (labels != -100)][0])
+            raise ValueError(
+                f"labels contain {bad}, which is neither a token id in [0, vocab_size={vocab_size}) nor -100 (the "
+                "ignored position)."
+            )
     if source is None and encoder_outputs is not None:
         source = encoder_outputs[0]
     if source is not None and source.shape[0] != labels.shape[0]:
@@ -291,11 +299,11 @@ def check_labels(labels: torch.Tensor, source: torch.Tensor | None, encoder_outp
         )
 
 
-def check_inputs_embeds(inputs_embeds: torch.Tensor, d_model: int, name: str) -> None:
-    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != d_model or not inputs_embeds.is_floating_point():
+def check_inputs_embeds(inputs_embeds: torch.Tensor, d_model: int, name: str, dtype: torch.dtype) -> None:
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != d_model or inputs_embeds.dtype != dtype:
         raise ValueError(
-            f"{name} must be a float tensor of shape (batch_size, sequence_length, d_model={d_model}), got "
-            f"shape {tuple(inputs_embeds.shape)} and dtype {inputs_embeds.dtype}."
+            f"{name} must be a tensor of shape (batch_size, sequence_length, d_model={d_model}) and the model's "
+            f"dtype {dtype}, got shape {tuple(inputs_embeds.shape)} and dtype {inputs_embeds.dtype}."
         )
     if inputs_embeds.shape[1] == 0:
         raise ValueError(f"{name} has zero length (shape {tuple(inputs_embeds.shape)}).")
@@ -468,28 +476,54 @@ def _comparable_key(key: str) -> str:
     return key[len("model.") :] if key.startswith("model.") else key
 
 
+class _CheckpointFile:
+    """The names, dtypes and shapes of a checkpoint file's tensors without reading their data: a safetensors header,
+    or a PyTorch file (pytorch_model.bin) memory-mapped with weights_only."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self.safetensors = self.path.endswith(".safetensors")
+        if self.safetensors:
+            with safe_open(self.path, framework="pt") as handle:
+                self.entries = {
+                    key: (handle.get_slice(key).get_dtype(), tuple(handle.get_slice(key).get_shape()))
+                    for key in handle.keys()  # noqa: SIM118 (a safetensors handle is not iterable)
+                }
+        else:
+            self.state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            self.entries = {key: (str(t.dtype), tuple(t.shape)) for key, t in self.state.items()}
+
+    @staticmethod
+    def is_float(dtype: str) -> bool:
+        return dtype.startswith(("F", "BF", "torch.float", "torch.bfloat", "torch.half", "torch.double"))
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if not self.safetensors:
+            return self.state[key]
+        with safe_open(self.path, framework="pt") as handle:
+            return handle.get_tensor(key)
+
+
 def check_checkpoint_tensors(
     model: "VanillaTransformerPreTrainedModel", checkpoint_files: list[str], shapes: bool = True
 ) -> None:
-    """Reads the safetensors headers (no tensor data) and refuses non-float tensors for float parameters and, with
+    """Reads the checkpoint's headers (no tensor data) and refuses non-float tensors for float parameters and, with
     `shapes`, tensors of another shape, naming each; then refuses a checkpoint that holds two different matrices
     where the config ties them into one (the library would keep one of them silently)."""
     expected = {_comparable_key(k): t for k, t in model.state_dict().items()}
-    stored: dict[str, tuple[str, str]] = {}  # comparable key -> (file, key)
+    stored: dict[str, tuple[_CheckpointFile, str]] = {}  # comparable key -> (file, key)
     wrong_kind, wrong_shape = [], []
-    for file in checkpoint_files:
-        with safe_open(file, framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-                stored[_comparable_key(key)] = (file, key)
-                target = expected.get(_comparable_key(key))
-                if target is None:
-                    continue  # tensors the model has no place for are reported after loading
-                header = handle.get_slice(key)
-                dtype, shape = header.get_dtype(), tuple(header.get_shape())
-                if target.is_floating_point() and not dtype.startswith(("F", "BF")):
-                    wrong_kind.append(f"{key} ({dtype}, for a {str(target.dtype).removeprefix('torch.')} parameter)")
-                elif shapes and shape != tuple(target.shape):
-                    wrong_shape.append(f"{key} (checkpoint {shape}, model {tuple(target.shape)})")
+    for path in checkpoint_files:
+        file = _CheckpointFile(path)
+        for key, (dtype, shape) in file.entries.items():
+            stored[_comparable_key(key)] = (file, key)
+            target = expected.get(_comparable_key(key))
+            if target is None:
+                continue  # tensors the model has no place for are reported after loading
+            if target.is_floating_point() and not file.is_float(dtype):
+                wrong_kind.append(f"{key} ({dtype}, for a {str(target.dtype).removeprefix('torch.')} parameter)")
+            elif shapes and shape != tuple(target.shape):
+                wrong_shape.append(f"{key} (checkpoint {shape}, model {tuple(target.shape)})")
     if wrong_kind:
         raise ValueError(
             f"The checkpoint holds non-float tensors where the model's parameters are floats: {', '.join(wrong_kind[:10])}"
@@ -505,9 +539,7 @@ def check_checkpoint_tensors(
     for tied, source in (model._tied_weights_keys or {}).items():
         if _comparable_key(tied) in stored and _comparable_key(source) in stored:
             (file_a, key_a), (file_b, key_b) = stored[_comparable_key(tied)], stored[_comparable_key(source)]
-            with safe_open(file_a, framework="pt") as a, safe_open(file_b, framework="pt") as b:
-                same = torch.equal(a.get_tensor(key_a), b.get_tensor(key_b))
-            if not same:
+            if not torch.equal(file_a.tensor(key_a), file_b.tensor(key_b)):
                 field = "tie_word_embeddings" if "lm_head" in tied else "share_encoder_decoder_embeddings"
                 raise ValueError(
                     f"The checkpoint holds two different matrices {key_a} and {key_b}, but config.json ties them "
@@ -575,7 +607,11 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         # The library's loading step, after the model was built on the meta device and before any weight is
         # materialised: the checkpoint's headers are read first, so that a tensor of another dtype kind or shape is
         # refused by name before memory is allocated for a model of the wrong size.
-        if state_dict is None and checkpoint_files and all(str(f).endswith(".safetensors") for f in checkpoint_files):
+        if (
+            state_dict is None
+            and checkpoint_files
+            and all(str(f).endswith((".safetensors", ".bin")) for f in checkpoint_files)
+        ):
             check_checkpoint_tensors(model, checkpoint_files, shapes=not _CALLER_IGNORES_MISMATCHED_SIZES.get())
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
 
@@ -725,8 +761,11 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
             check_input_ids(input_ids, self.config.vocab_size, "input_ids")
             inputs_embeds = self.embeddings.embed_tokens(input_ids)
         else:
-            check_inputs_embeds(inputs_embeds, self.config.d_model, "inputs_embeds")
-        check_attention_mask(attention_mask, inputs_embeds.shape[:2], "attention_mask", "input_ids")
+            check_inputs_embeds(
+                inputs_embeds, self.config.d_model, "inputs_embeds", self.embeddings.embed_tokens.weight.dtype
+            )
+        source_name = "input_ids" if input_ids is not None else "inputs_embeds"
+        check_attention_mask(attention_mask, inputs_embeds.shape[:2], "attention_mask", source_name)
         hidden_states = self.embeddings(inputs_embeds=inputs_embeds)  # (B, S, d)
 
         attention_mask = create_bidirectional_mask(
@@ -802,7 +841,9 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
                 check_input_ids(input_ids, self.config.target_vocab_size, "decoder_input_ids")
             inputs_embeds = self.embeddings.embed_tokens(input_ids)
         else:
-            check_inputs_embeds(inputs_embeds, self.config.d_model, "decoder_inputs_embeds")
+            check_inputs_embeds(
+                inputs_embeds, self.config.d_model, "decoder_inputs_embeds", self.embeddings.embed_tokens.weight.dtype
+            )
 
         batch_size, length = inputs_embeds.shape[:2]
         if encoder_hidden_states.shape[0] != batch_size:
@@ -811,6 +852,12 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
                 f"{encoder_hidden_states.shape[0]}; give one target row per source row."
             )
         if attention_mask is not None and isinstance(past_length, int):
+            if attention_mask.dim() != 2:
+                raise ValueError(
+                    f"decoder_attention_mask must have shape (batch_size, target_length) = ({batch_size}, "
+                    f"{past_length + length}), with 1 for tokens and 0 for padding; got shape "
+                    f"{tuple(attention_mask.shape)}."
+                )
             check_attention_mask(
                 attention_mask, attention_mask.shape, "decoder_attention_mask", "", values=past_length == 0
             )
@@ -1030,7 +1077,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
-            check_labels(labels, input_ids if input_ids is not None else inputs_embeds, encoder_outputs)
+            check_labels(
+                labels, input_ids if input_ids is not None else inputs_embeds, encoder_outputs,
+                self.config.target_vocab_size,
+            )  # fmt: skip
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)

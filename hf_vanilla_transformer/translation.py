@@ -106,8 +106,8 @@ def decode_text(data: bytes, name: str) -> str:
 def check_output_path(output: str) -> None:
     """Before any decoding: the output file can be written (its folder exists and is writable; it is not a folder
     and, if it exists, is writable). The file itself is written only when all lines are translated."""
-    path = Path(output)
-    folder = path.parent if str(path.parent) else Path(".")
+    path = Path(os.path.realpath(output))  # a symbolic link is checked (and later written) at its target
+    folder = path.parent
     if path.is_dir():
         raise ValueError(f"--output {output} is a folder; expected a file path.")
     if not folder.is_dir():
@@ -117,8 +117,14 @@ def check_output_path(output: str) -> None:
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path` and renames it over `path`: a failure leaves the old file."""
-    target = Path(path)
+    """Writes `text` to a temporary file beside `path` and renames it over `path`: a failure leaves the old file. A
+    symbolic link is followed (the file it points to is replaced, the link stays); an existing path that is not a
+    regular file (a FIFO, /dev/stdout, a device) is written in place."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         temporary.write_text(text, encoding="utf-8")

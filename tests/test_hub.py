@@ -130,6 +130,8 @@ def test_the_upload_sends_exactly_the_listed_files_by_name(model_folder, tmp_pat
     folder = tmp_path / "model"
     shutil.copytree(model_folder, folder)
     (folder / "weird[1].json").write_text("{}")
+    (folder / "special_tokens_map.json").write_text("{}")  # transformers' tokenizer files are not credentials
+    (folder / "added_tokens.json").write_text("{}")
     (folder / "*.md").write_text("a file named *.md")
     (folder / "sub2").mkdir()
     (folder / "sub2" / "NOTES.md").write_text("not part of the model")
@@ -138,7 +140,8 @@ def test_the_upload_sends_exactly_the_listed_files_by_name(model_folder, tmp_pat
     calls = recorded_upload(monkeypatch)
     push_main([str(folder), "--repo_id", "someone/demo"])
     sent = {op.path_in_repo: Path(op.path_or_fileobj) for op in calls[0]["operations"]}
-    assert set(sent) == listed and {"weird[1].json", "*.md", "model.safetensors"} <= listed
+    assert set(sent) == listed
+    assert {"weird[1].json", "*.md", "model.safetensors", "special_tokens_map.json", "added_tokens.json"} <= listed
     assert "NOTES.md" not in " ".join(sent) and all(path == folder / name for name, path in sent.items())
 
 
@@ -323,3 +326,13 @@ def test_a_write_that_fails_part_way_leaves_the_earlier_output_file(model_folder
     )
     assert "Traceback" not in result.stderr
     assert earlier.read_text() == "the translations of yesterday\n" and sorted(tmp_path.glob(".out.txt*")) == []
+
+
+def test_translate_writes_through_a_symbolic_link(model_folder, tmp_path, monkeypatch):
+    real = tmp_path / "real.txt"
+    real.write_text("old\n")
+    (tmp_path / "out.txt").symlink_to(real)
+    translate_main(model_folder, ["--output", str(tmp_path / "out.txt"), "--num_beams", "1"], b"twelve\n", monkeypatch)
+    assert (
+        (tmp_path / "out.txt").is_symlink() and real.read_text() != "old\n" and len(real.read_text().splitlines()) == 1
+    )

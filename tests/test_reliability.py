@@ -280,7 +280,7 @@ BAD_INPUTS = {
     "1-D labels": (lambda ids, mask, labels: {"input_ids": ids, "labels": labels[0]}, r"labels must be .*shape \(7,\)"),
     "inputs_embeds of another width": (
         lambda ids, mask, labels: {"inputs_embeds": torch.randn(3, 9, 17)},
-        r"inputs_embeds must be .*d_model=32\), got shape \(3, 9, 17\)",
+        r"inputs_embeds must be .*d_model=32\) and the model.s dtype torch.float32, got shape \(3, 9, 17\)",
     ),
     "1-D mask": (lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask[0]}, r"got shape \(9,\)"),
     "3-D mask": (lambda ids, mask, labels: {"input_ids": ids, "attention_mask": mask[:, None]}, r"got shape \(3, 1, 9\)"),
@@ -296,6 +296,22 @@ BAD_INPUTS = {
     "decoder mask of 3s": (
         lambda ids, mask, labels: {"input_ids": ids, "decoder_attention_mask": torch.full_like(labels, 3)},
         r"decoder_attention_mask holds 3;",
+    ),
+    "float64 inputs_embeds": (
+        lambda ids, mask, labels: {"inputs_embeds": torch.randn(3, 9, 32, dtype=torch.float64)},
+        r"the model's dtype torch.float32, got shape \(3, 9, 32\) and dtype torch.float64",
+    ),
+    "3-D decoder mask": (
+        lambda ids, mask, labels: {"input_ids": ids, "decoder_attention_mask": torch.ones(3, 7, 7)},
+        r"decoder_attention_mask must have shape \(batch_size, target_length\) = \(3, 7\).*got shape \(3, 7, 7\)",
+    ),
+    "labels out of the vocabulary": (
+        lambda ids, mask, labels: {"input_ids": ids, "labels": labels.index_fill(1, torch.tensor([2]), 5000)},
+        r"labels contain 5000, which is neither a token id",
+    ),
+    "mask of another length than inputs_embeds": (
+        lambda ids, mask, labels: {"inputs_embeds": torch.randn(3, 9, 32), "attention_mask": mask[:, :5]},
+        r"attention_mask has shape \(3, 5\) but inputs_embeds has shape \(3, 9\)",
     ),
     "all labels -100": (
         lambda ids, mask, labels: {"input_ids": ids, "labels": torch.full_like(labels, -100)},
@@ -342,6 +358,16 @@ def test_generate_refuses_bad_counts_and_end_tokens(options, message):
         tiny_model().generate(ids, attention_mask=mask, max_new_tokens=3, **options)
 
 
+def test_generate_accepts_the_other_forms_of_counts_and_end_tokens():
+    import numpy as np
+
+    ids, mask, _ = random_batch()
+    model = tiny_model()
+    reference = model.generate(ids, attention_mask=mask, max_new_tokens=4, num_beams=2, eos_token_id=2)
+    for options in ({"num_beams": np.int64(2), "eos_token_id": torch.tensor(2)}, {"num_beams": 2, "eos_token_id": [2]}):
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=4, **options), reference)
+
+
 def test_generate_refuses_a_mask_of_2s_which_the_length_limit_would_sum():
     ids, mask, _ = random_batch()
     with pytest.raises(ValueError, match=r"attention_mask holds 2"):
@@ -383,6 +409,10 @@ def test_an_unknown_config_key_is_named_with_the_nearest_field(caplog):
     finally:
         hf_logging.disable_propagation()
     assert "no field(s) 'dropuot' (did you mean 'dropout'?)" in caplog.text and config.dropout == 0.1
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        tiny_config(max_new_tokens_over_source=50, length_penalty_type="gnmt", torch_dtype="float32", num_beams=4)
+    assert "no field" not in caplog.text  # this model's decoding options and the library's keys are known
     with pytest.raises(
         ValueError, match=r"'dropuot' \(did you mean 'dropout'\?\) for VanillaTransformerConfig.from_preset"
     ):
@@ -395,12 +425,16 @@ def replace_tensor(folder, key, change):
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+@pytest.mark.parametrize("file_format", ["safetensors", "bin"])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.int32])
-def test_a_non_float_tensor_for_a_float_parameter_is_refused(tmp_path, dtype):
+def test_a_non_float_tensor_for_a_float_parameter_is_refused(tmp_path, dtype, file_format):
     folder = saved(tmp_path)
     key = "model.encoder.layers.0.ffn.fc1.weight"
     replace_tensor(folder, key, lambda t: (t * 10).to(dtype))
-    with pytest.raises(ValueError, match=rf"non-float tensors .*{key} \({ {torch.int64: 'I64', torch.uint8: 'U8', torch.bool: 'BOOL', torch.int32: 'I32'}[dtype]}, for a float32 parameter\)"):  # fmt: skip
+    if file_format == "bin":  # a legacy pytorch_model.bin is checked as well
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=rf"non-float tensors .*{key} \({ ({torch.int64: 'I64', torch.uint8: 'U8', torch.bool: 'BOOL', torch.int32: 'I32'}[dtype] if file_format == 'safetensors' else str(dtype))}, for a float32 parameter\)"):  # fmt: skip
         VanillaTransformerForConditionalGeneration.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"non-float tensors"):  # the caller's loading report does not waive it
         VanillaTransformerForConditionalGeneration.from_pretrained(folder, output_loading_info=True)

@@ -39,12 +39,22 @@ AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM")
 UPLOADED_SUFFIXES = (".safetensors", ".json", ".py", ".md", ".png", ".txt", ".model")
 
 
-# Names of files that hold credentials; "token" only as a word of its own, so tokenizer files are not matched.
-CREDENTIAL_NAME = re.compile(
-    r"(^|[._-])(hf_)?(token|tokens|auth)([._-]|$)|secret|credential|passw(or)?d|api[_-]?key|^\.env|\.netrc|id_(rsa|dsa|"
-    r"ecdsa|ed25519)|\.(pem|key|p12|pfx)$",
-    re.IGNORECASE,
-)
+# Files that hold credentials, by the words of their names (split at "." "_" "-"): "token" as a word of its own (so
+# tokenizer.json, special_tokens_map.json and added_tokens.json are not matched), secrets, passwords, .env files,
+# private keys. transformers' own tokenizer files are never matched by name (their contents are still searched).
+CREDENTIAL_WORDS = {"token", "secret", "secrets", "credential", "credentials", "password", "passwords", "passwd",
+                    "apikey", "netrc", "auth"}  # fmt: skip
+CREDENTIAL_NAME = re.compile(r"^\.env|api[_-]?key|^id_(rsa|dsa|ecdsa|ed25519)|\.(pem|key|p12|pfx)$", re.IGNORECASE)
+TOKENIZER_FILE_NAMES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}
+
+
+def looks_like_credentials(name: str) -> bool:
+    if name in TOKENIZER_FILE_NAMES:
+        return False
+    words = {word.lower() for word in re.split(r"[._-]", name)}
+    return bool(words & CREDENTIAL_WORDS) or bool(CREDENTIAL_NAME.search(name))
+
+
 HF_TOKEN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 SCANNED_BYTES = 10_000_000  # text files up to this size are searched for a token (the weights are not)
 
@@ -57,7 +67,7 @@ def unsafe_files(folder: Path) -> dict[Path, str]:
             unsafe[path] = f"a symbolic link to {path.readlink()}"
         elif path.name.startswith("."):
             unsafe[path] = "a hidden file"
-        elif CREDENTIAL_NAME.search(path.name):
+        elif looks_like_credentials(path.name):
             unsafe[path] = "its name says it holds credentials"
         elif (
             path.is_file()
