@@ -41,16 +41,13 @@ UPLOADED_SUFFIXES = (".safetensors", ".json", ".py", ".md", ".png", ".txt", ".mo
 
 # Files that hold credentials, by the words of their names (split at "." "_" "-"): "token" as a word of its own (so
 # tokenizer.json, special_tokens_map.json and added_tokens.json are not matched), secrets, passwords, .env files,
-# private keys. transformers' own tokenizer files are never matched by name (their contents are still searched).
+# private keys.
 CREDENTIAL_WORDS = {"token", "secret", "secrets", "credential", "credentials", "password", "passwords", "passwd",
                     "apikey", "netrc", "auth"}  # fmt: skip
 CREDENTIAL_NAME = re.compile(r"^\.env|api[_-]?key|^id_(rsa|dsa|ecdsa|ed25519)|\.(pem|key|p12|pfx)$", re.IGNORECASE)
-TOKENIZER_FILE_NAMES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}
 
 
 def looks_like_credentials(name: str) -> bool:
-    if name in TOKENIZER_FILE_NAMES:
-        return False
     words = {word.lower() for word in re.split(r"[._-]", name)}
     return bool(words & CREDENTIAL_WORDS) or bool(CREDENTIAL_NAME.search(name))
 
