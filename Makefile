@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo smoke test params bench clean
+.PHONY: setup demo smoke test params bench experiments clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ params: setup
 # writes benchmarks/results/speed.{md,png,json}.
 bench: setup
 	$(BIN)/python benchmarks/speed.py
+
+# The design experiments of README "Why it is built this way" (about 35 minutes on 2 cores); each also runs alone,
+# `python -m experiments.NAME`; writes experiments/results/NAME.{md,json,png}.
+experiments: setup
+	$(BIN)/python -m experiments
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -31,6 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CORPUS_PAIRS = 30_000
 DEV_PAIRS = 200
 VOCAB_SIZE = 1000
+TINY = {"pairs": 1_500, "dev_pairs": 16}  # --tiny: seconds, to check the code (CI), not to measure anything
+tiny = False  # set by `arguments()` from --tiny
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -43,9 +45,14 @@ class Corpus:
     dev: list[tuple[list[int], list[int]]]
 
 
+def corpus() -> Corpus:
+    """The bundled EN->DE corpus (numbers and dates, training/data.py) with a BPE vocabulary of VOCAB_SIZE: CORPUS_PAIRS
+    pairs of which DEV_PAIRS for the dev split, or the TINY sizes with --tiny."""
+    return _corpus(**TINY) if tiny else _corpus(CORPUS_PAIRS, DEV_PAIRS)
+
+
 @cache
-def corpus(pairs: int = CORPUS_PAIRS, dev_pairs: int = DEV_PAIRS) -> Corpus:
-    """The bundled EN->DE corpus (numbers and dates, training/data.py) with a BPE vocabulary of VOCAB_SIZE."""
+def _corpus(pairs: int, dev_pairs: int) -> Corpus:
     from hf_vanilla_transformer_training.data import build_demo_corpus
     from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
 
@@ -105,7 +112,9 @@ class Run:
     diverged_at: int | None = None
     dev_nll: float = math.nan
     dev_bleu: float = math.nan
+    dev_chrf: float = math.nan
     seconds: float = 0.0
+    other_dev: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {"nll", "perplexity", "bleu"}
 
     @property
     def dev_perplexity(self) -> float:
@@ -114,7 +123,7 @@ class Run:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "final_train_loss": self.losses[-1] if self.losses else math.nan,
                 "dev_nll": self.dev_nll, "dev_perplexity": self.dev_perplexity, "dev_bleu": self.dev_bleu,
-                "diverged_at": self.diverged_at, "seconds": round(self.seconds, 1)}  # fmt: skip
+                "dev_chrf": self.dev_chrf, "diverged_at": self.diverged_at, "seconds": round(self.seconds, 1)}  # fmt: skip
 
 
 def train_run(
@@ -130,6 +139,7 @@ def train_run(
     change_model: Callable[[VanillaTransformerForConditionalGeneration], None] | None = None,
     train_pairs: list[tuple[list[int], list[int]]] | None = None,
     dev: tuple[list[str], list[str], list[tuple[list[int], list[int]]]] | None = None,
+    other_dev: dict[str, tuple[list[str], list[str], list[tuple[list[int], list[int]]]]] | None = None,
     data: Corpus | None = None,
 ) -> Run:
     """Trains a fresh model (seeded) for `steps` and evaluates it on the dev split. `peak_lr` None is §5.3's
@@ -168,7 +178,11 @@ def train_run(
     if run.diverged_at is None:
         sources, references, encoded = dev or (data.dev_sources, data.dev_targets, data.dev)
         run.dev_nll = dev_nll(model, encoded, data.tokenizer.pad_token_id)
-        run.dev_bleu = dev_bleu(model, data.tokenizer, sources, references)
+        run.dev_bleu, run.dev_chrf = dev_scores(model, data.tokenizer, sources, references)
+        for name, (sources, references, encoded) in (other_dev or {}).items():
+            nll = dev_nll(model, encoded, data.tokenizer.pad_token_id)
+            bleu, chrf = dev_scores(model, data.tokenizer, sources, references)
+            run.other_dev[name] = {"nll": nll, "perplexity": math.exp(min(nll, 50)), "bleu": bleu, "chrf": chrf}
     run.seconds = time.perf_counter() - started
     return run
 
@@ -187,13 +201,16 @@ def dev_nll(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch:
     return total / tokens
 
 
-def dev_bleu(model, tokenizer, sources: list[str], references: list[str]) -> float:
+def dev_scores(model, tokenizer, sources: list[str], references: list[str]) -> tuple[float, float]:
+    """sacreBLEU's BLEU and chrF of greedy translations. Many of the corpus' targets are one German word (a number
+    written as one compound), which BLEU's 4-grams score 0 whatever the rest: chrF (character n-grams) is reported
+    beside it."""
     import sacrebleu
 
     model.eval()
     # Greedy, at most 48 new tokens (the longest reference has 30): an untrained model must not decode for minutes.
     hypotheses = translate(model, tokenizer, sources, progress=False, num_beams=1, max_new_tokens=48)
-    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+    return sacrebleu.corpus_bleu(hypotheses, [references]).score, sacrebleu.corpus_chrf(hypotheses, [references]).score
 
 
 # ---- output ------------------------------------------------------------------------------------------------------
@@ -228,7 +245,10 @@ def arguments(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tiny", action="store_true", help="a seconds-long version that checks the code (CI)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the tables and figures go")
-    return parser.parse_args()
+    args = parser.parse_args()
+    global tiny
+    tiny = args.tiny
+    return args
 
 
 def pyplot():

@@ -80,15 +80,15 @@ def main() -> None:
     header = ["d_k", "var QK^T", "var QK^T/sqrt(d_k)", f"entropy (uniform {math.log(64):.2f})", "entropy scaled",
               "max weight", "max weight scaled", "|dL/dscores|", "|dL/dscores| scaled", "|dL/dW^Q|",
               "|dL/dW^Q| scaled"]  # fmt: skip
-    steps = 20 if args.tiny else 300
+    steps = 5 if args.tiny else 300
     runs = []
     for scaled in (True, False):
         name = "1/sqrt(d_k)" if scaled else "no scaling"
         runs.append(common.train_run(name, common.config(h=1), steps, change_model=None if scaled else unscaled))
         data["training"][name] = {**runs[-1].summary(), "curve": [runs[-1].steps, runs[-1].losses]}
     training = common.markdown_table(
-        ["attention", "final train loss", "dev perplexity", "dev BLEU", "seconds"],
-        [[r.name, r.losses[-1], r.dev_perplexity, r.dev_bleu, r.seconds] for r in runs],
+        ["attention", "final train loss", "dev perplexity", "dev BLEU", "dev chrF"],
+        [[r.name, r.losses[-1], r.dev_perplexity, r.dev_bleu, r.dev_chrf] for r in runs],
     )
     plt = common.pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))

@@ -42,3 +42,15 @@ def test_the_speed_tables_are_what_the_benchmark_wrote(result, script):
     assert embedded == (README.parent / "benchmarks" / "results" / result).read_text()
     assert f"python benchmarks/{script}" in embedded.split("\n", 2)[0] + embedded.split("\n", 2)[1]
     assert "![speed](benchmarks/results/speed.png)" in README.read_text()
+
+
+@pytest.mark.parametrize("name", ["scaling", "positions", "layer_norm", "residuals", "sequential", "table3"])
+def test_the_experiment_tables_are_what_the_experiments_wrote(name):
+    """README "Why it is built this way": each table is experiments/results/NAME.md as `python -m experiments` wrote
+    it, beside its figure."""
+    start, end = f"<!-- experiments/results/{name}.md -->\n", f"<!-- /experiments/results/{name}.md -->"
+    text = README.read_text()
+    embedded = text.split(start, 1)[1].split(end, 1)[0]
+    assert embedded == (README.parent / "experiments" / "results" / f"{name}.md").read_text()
+    assert f"![{name}](experiments/results/{name}.png)" in text
+    assert (README.parent / "experiments" / "results" / f"{name}.png").is_file()
