@@ -222,9 +222,9 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
             if math.isinf(value):
                 return "inf"
             return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.2f}"
-        return str(value)
+        return str(value).replace("|", "\\|")  # a norm's bars would end the cell
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
