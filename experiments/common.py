@@ -78,7 +78,7 @@ def config(**fields: Any) -> VanillaTransformerConfig:
     return VanillaTransformerConfig(**{**base, **fields})
 
 
-def batches(pairs: list[tuple[list[int], list[int]]], max_tokens: int, seed: int, pad_id: int):
+def batches(pairs: list[tuple[list[int], list[int]]], max_tokens: int, seed: int, tokenizer: Any):
     """Endless token batches (source ids, mask, labels), shuffled per epoch, as training/train.py makes them."""
     from hf_vanilla_transformer_training.train import TokenBatchSampler
 
@@ -88,19 +88,16 @@ def batches(pairs: list[tuple[list[int], list[int]]], max_tokens: int, seed: int
     while True:
         sampler.set_epoch(epoch)
         for indices in sampler:
-            yield collate([pairs[i] for i in indices], pad_id)
+            yield collate([pairs[i] for i in indices], tokenizer)
         epoch += 1
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    source_length = max(len(s) for s, _ in pairs)
-    target_length = max(len(t) for _, t in pairs)
-    input_ids = torch.full((len(pairs), source_length), pad_id)
-    labels = torch.full((len(pairs), target_length), -100)
-    for row, (source, target) in enumerate(pairs):
-        input_ids[row, : len(source)] = torch.tensor(source)
-        labels[row, : len(target)] = torch.tensor(target)
-    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
+def collate(pairs: list[tuple[list[int], list[int]]], tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Padded input_ids, attention_mask and labels (-100 at padding): transformers' seq2seq collator, as training."""
+    from transformers import DataCollatorForSeq2Seq
+
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    return dict(collator([{"input_ids": source, "labels": target} for source, target in pairs]))
 
 
 # ---- a run -------------------------------------------------------------------------------------------------------
@@ -159,7 +156,7 @@ def train_run(
     run = Run(name)
     started = time.perf_counter()
     model.train()
-    stream = batches(train_pairs or data.train, max_tokens, seed, data.tokenizer.pad_token_id)
+    stream = batches(train_pairs or data.train, max_tokens, seed, data.tokenizer)
     window: list[float] = []
     for step in range(1, steps + 1):
         loss = model(**next(stream)).loss
@@ -177,10 +174,10 @@ def train_run(
             window = []
     if run.diverged_at is None:
         sources, references, encoded = dev or (data.dev_sources, data.dev_targets, data.dev)
-        run.dev_nll = dev_nll(model, encoded, data.tokenizer.pad_token_id)
+        run.dev_nll = dev_nll(model, encoded, data.tokenizer)
         run.dev_bleu, run.dev_chrf = dev_scores(model, data.tokenizer, sources, references)
         for name, (sources, references, encoded) in (other_dev or {}).items():
-            nll = dev_nll(model, encoded, data.tokenizer.pad_token_id)
+            nll = dev_nll(model, encoded, data.tokenizer)
             bleu, chrf = dev_scores(model, data.tokenizer, sources, references)
             run.other_dev[name] = {"nll": nll, "perplexity": math.exp(min(nll, 50)), "bleu": bleu, "chrf": chrf}
     run.seconds = time.perf_counter() - started
@@ -188,12 +185,12 @@ def train_run(
 
 
 @torch.no_grad()
-def dev_nll(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch: int = 64) -> float:
+def dev_nll(model, pairs: list[tuple[list[int], list[int]]], tokenizer: Any, batch: int = 64) -> float:
     """The plain token-level cross-entropy (no label smoothing), teacher-forced, per target token."""
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(pairs), batch):
-        inputs = collate(pairs[start : start + batch], pad_id)
+        inputs = collate(pairs[start : start + batch], tokenizer)
         logits = model(**inputs).logits
         labels = inputs["labels"]
         total += F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum").item()

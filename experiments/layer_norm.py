@@ -29,7 +29,7 @@ def layer_gradient_norms(norm_first: bool, batches: int = 4, seed: int = 0, **fi
     model = VanillaTransformerForConditionalGeneration(
         common.config(norm_first=norm_first, dropout=0.0, **{**DEEP, **fields})
     )
-    stream = common.batches(data.train, 1500, seed, data.tokenizer.pad_token_id)
+    stream = common.batches(data.train, 1500, seed, data.tokenizer)
     for _ in range(batches):
         model(**next(stream)).loss.backward()
     norms = {}

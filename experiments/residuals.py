@@ -38,7 +38,7 @@ def encoder_gradient_norms(residual: bool, batches: int = 4, seed: int = 0) -> l
     model = VanillaTransformerForConditionalGeneration(common.config(dropout=0.0, **DEEP))
     if not residual:
         remove_residuals(model)
-    stream = common.batches(data.train, 1500, seed, data.tokenizer.pad_token_id)
+    stream = common.batches(data.train, 1500, seed, data.tokenizer)
     for _ in range(batches):
         model(**next(stream)).loss.backward()
     return [

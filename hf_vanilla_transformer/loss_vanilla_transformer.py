@@ -63,6 +63,20 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
         return grad_logits, None, None
 
 
+def check_label_values(labels: torch.Tensor, vocab_size: int, ignore_index: int = -100) -> None:
+    """Labels (ignored positions already -100) must be token ids or -100; anything else is named. It reads the labels,
+    so it runs in eager mode only."""
+    if is_torchdynamo_compiling():
+        return
+    low, high = torch.aminmax(labels)
+    if (low < 0 and bool((labels[labels < 0] != -100).any())) or high >= vocab_size:
+        bad = int(high) if high >= vocab_size else int(labels[(labels < 0) & (labels != -100)][0])
+        raise ValueError(
+            f"labels contain {bad}, which is neither a token id in [0, vocab_size={vocab_size}) nor {ignore_index} "
+            "(the ignored position)."
+        )
+
+
 def label_smoothed_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -84,14 +98,7 @@ def label_smoothed_cross_entropy(
     labels = labels.to(logits.device)
     if ignore_index != -100:
         labels = labels.masked_fill(labels == ignore_index, -100)
-    if not is_torchdynamo_compiling():  # a data-dependent check: eager only
-        low, high = torch.aminmax(labels)
-        if (low < 0 and bool((labels[labels < 0] != -100).any())) or high >= vocab:
-            bad = int(high) if high >= vocab else int(labels[(labels < 0) & (labels != -100)][0])
-            raise ValueError(
-                f"labels contain {bad}, which is neither a token id in [0, vocab_size={vocab}) nor {ignore_index} "
-                "(the ignored position)."
-            )
+    check_label_values(labels, vocab, ignore_index)
     total = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), float(label_smoothing))
     if num_items_in_batch is None:
         num_items_in_batch = (labels != -100).sum()
@@ -106,4 +113,4 @@ def label_smoothed_cross_entropy(
     return total / num_items_in_batch
 
 
-__all__ = ["LabelSmoothedCrossEntropy", "label_smoothed_cross_entropy"]
+__all__ = ["LabelSmoothedCrossEntropy", "check_label_values", "label_smoothed_cross_entropy"]

@@ -10,7 +10,6 @@ Notation in the shape comments:
     h  attention heads          d_k, d_v  per-head widths     d  d_model          V  vocab_size
 """
 
-import contextvars
 import math
 import os
 import re
@@ -43,7 +42,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .generation_vanilla_transformer import VanillaTransformerGenerationMixin, paper_generation_config
-from .loss_vanilla_transformer import label_smoothed_cross_entropy
+from .loss_vanilla_transformer import check_label_values, label_smoothed_cross_entropy
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -282,14 +281,7 @@ def check_labels(labels: torch.Tensor, source: torch.Tensor | None, encoder_outp
             f"labels must be token ids of shape (batch_size, target_length) and dtype torch.int64, got shape "
             f"{tuple(labels.shape)} and dtype {labels.dtype}."
         )
-    if not is_torchdynamo_compiling():  # before the shifted copy is checked as decoder_input_ids
-        low, high = torch.aminmax(labels)
-        if high >= vocab_size or (low < 0 and bool(((labels < 0) & (labels != -100)).any())):
-            bad = int(high) if high >= vocab_size else int(labels[(labels < 0) & (labels != -100)][0])
-            raise ValueError(
-                f"labels contain {bad}, which is neither a token id in [0, vocab_size={vocab_size}) nor -100 (the "
-                "ignored position)."
-            )
+    check_label_values(labels, vocab_size)  # before the shifted copy is checked (and named) as decoder_input_ids
     if source is None and encoder_outputs is not None:
         source = encoder_outputs[0]
     if source is not None and source.shape[0] != labels.shape[0]:
@@ -451,13 +443,6 @@ def _forget_legacy_renames(model: PreTrainedModel) -> None:
         ]
 
 
-# The caller's `ignore_mismatched_sizes` of the `from_pretrained` call in progress (this class's from_pretrained asks
-# the library to ignore them, to name them itself).
-_CALLER_IGNORES_MISMATCHED_SIZES: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "vanilla_transformer_ignore_mismatched_sizes", default=False
-)
-
-
 def _umask() -> int:
     try:  # Linux: read without changing it
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -606,13 +591,14 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):  # noqa: ANN001, ANN205
         # The library's loading step, after the model was built on the meta device and before any weight is
         # materialised: the checkpoint's headers are read first, so that a tensor of another dtype kind or shape is
-        # refused by name before memory is allocated for a model of the wrong size.
+        # refused by name before memory is allocated for a model of the wrong size (the library's own shape error
+        # names no tensor).
         if (
             state_dict is None
             and checkpoint_files
             and all(str(f).endswith((".safetensors", ".bin")) for f in checkpoint_files)
         ):
-            check_checkpoint_tensors(model, checkpoint_files, shapes=not _CALLER_IGNORES_MISMATCHED_SIZES.get())
+            check_checkpoint_tensors(model, checkpoint_files, shapes=not load_config.ignore_mismatched_sizes)
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
 
     @classmethod
@@ -634,21 +620,11 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         """
         kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)
         if kwargs.get("output_loading_info") or "state_dict" in kwargs:
-            token = _CALLER_IGNORES_MISMATCHED_SIZES.set(True)
-            try:
-                loaded = super().from_pretrained(*args, **kwargs)
-            finally:
-                _CALLER_IGNORES_MISMATCHED_SIZES.reset(token)
+            loaded = super().from_pretrained(*args, **kwargs)
             _forget_legacy_renames(loaded[0] if isinstance(loaded, tuple) else loaded)
             return loaded
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        token = _CALLER_IGNORES_MISMATCHED_SIZES.set(ignore_mismatched_sizes)
-        try:
-            # Loaded with ignore_mismatched_sizes=True so that the mismatches are reported by name below (the
-            # library's own error names none of them).
-            model, info = super().from_pretrained(
-                *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-            )
+        try:  # tensors of other shapes are refused by name in _load_pretrained_model, before loading
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         except Exception as error:
             if "safetensors" in type(error).__module__ or "SafetensorError" in type(error).__name__:
                 raise OSError(
@@ -656,8 +632,6 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                     f"truncated or corrupted and cannot be read ({error}); save or download it again."
                 ) from error
             raise
-        finally:
-            _CALLER_IGNORES_MISMATCHED_SIZES.reset(token)
         missing = sorted(info.get("missing_keys", []))
         if missing and not allow_missing_weights:
             raise ValueError(
@@ -665,12 +639,6 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 f"{' ...' if len(missing) > 10 else ''}. They would be initialised at random; pass "
                 "allow_missing_weights=True if that is what you want."
             )
-        mismatched = info.get("mismatched_keys", [])
-        if mismatched and not ignore_mismatched_sizes:
-            described = ", ".join(
-                f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in sorted(mismatched)[:10]
-            )
-            raise ValueError(f"Tensors have other shapes in the checkpoint than in the model: {described}.")
         if unexpected := describe_unexpected_tensors(model, info.get("unexpected_keys", [])):
             raise ValueError(
                 f"The checkpoint holds tensors this model has no place for: {unexpected}. The config.json does not "

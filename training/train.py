@@ -259,26 +259,19 @@ LOSS_RISE_FACTOR = 1.5
 
 
 class LossRiseCallback(TrainerCallback):
-    """Reports a training loss that rises far above where it started (by `factor`); the run goes on (a spike may
-    recover), the rise is recorded in results.json, and --push_to_hub refuses a model whose last logged loss is
-    that far above its first (see `loss_rise`)."""
+    """Reports, once, a training loss that rises LOSS_RISE_FACTOR times above where it started (`loss_rise`); the run
+    goes on (a spike may recover), the rise is recorded in results.json, and --push_to_hub refuses a model whose last
+    logged loss is that far above its first."""
 
-    def __init__(self, factor: float = LOSS_RISE_FACTOR):
-        self.factor = factor
+    def __init__(self):
         self.reported = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-        if (
-            len(losses) >= 2
-            and losses[-1] > self.factor * losses[0]
-            and not self.reported
-            and state.is_world_process_zero
-        ):
+        if not self.reported and state.is_world_process_zero and (rise := loss_rise(state.log_history)):
             self.reported = True
             print(
-                f"[train] WARNING: the training loss rose from {losses[0]:.3g} to {losses[-1]:.3g} at step "
-                f"{state.global_step}: the run may be diverging (learning rate too high, warm-up too short).",
+                f"[train] WARNING: the training loss rose from {rise['first_loss']:.3g} to {rise['last_loss']:.3g} "
+                f"at step {state.global_step}: the run may be diverging (learning rate too high, warm-up too short).",
                 file=sys.stderr,
             )
 
