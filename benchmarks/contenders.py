@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -145,3 +146,86 @@ def export_ctranslate2(
     tokenizer = synthetic_tokenizer(model.config)
     convert.export_ctranslate2(model, output_dir, tokenizer=tokenizer, quantization=quantization, overwrite=True)
     return tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
+
+
+# The worker's program: loads the model once, then answers one JSON line per request with the outputs and the time
+# of translate_batch alone (as generate() alone is timed for the other contenders).
+_CTRANSLATE2_WORKER = """
+import json, sys, time
+import ctranslate2
+folder, compute_type, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+translator = ctranslate2.Translator(folder, device=sys.argv[4], compute_type=compute_type, inter_threads=1,
+                                    intra_threads=threads)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    start = time.perf_counter()
+    results = translator.translate_batch(request["source"], **request["options"])
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "outputs": [r.hypotheses[0] for r in results]}), flush=True)
+"""
+
+
+class CTranslate2Process:
+    """CTranslate2's Translator in a process of its own, holding `model`'s weights at `compute_type`.
+
+    In the process that also runs torch it is measured wrong: CTranslate2 and torch each bring their own OpenMP
+    runtime (two libgomp copies) and math libraries, and once both have run in one process, both decode markedly
+    slower on 2 cores than each does alone. A deployment runs one engine per process; so does the benchmark."""
+
+    def __init__(self, model, compute_type: str = "float32", threads: int = 1, device: str = "cpu", tokenizer=None):
+        """`tokenizer`: the model's own (its tokens are then the CTranslate2 vocabulary); None: the synthetic one."""
+        import subprocess
+        import sys
+        import tempfile
+
+        self.compute_type = compute_type
+        self._folder = tempfile.TemporaryDirectory(prefix="ctranslate2-")
+        if tokenizer is None:
+            self.tokens = export_ctranslate2(model, self._folder.name)
+        else:
+            convert.export_ctranslate2(model, self._folder.name, tokenizer=tokenizer, overwrite=True)
+            self.tokens = tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
+        self.index = {token: i for i, token in enumerate(self.tokens)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _CTRANSLATE2_WORKER, self._folder.name, compute_type, str(threads), device],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._read()
+
+    def _read(self) -> dict:
+        import json
+
+        line = self._process.stdout.readline()
+        if not line:
+            code = self._process.wait()
+            raise RuntimeError(f"The CTranslate2 worker ({self.compute_type}) stopped with exit status {code}.")
+        return json.loads(line)
+
+    def translate(self, input_ids: torch.Tensor, beams: int, new_tokens: int) -> tuple[list[list[int]], float]:
+        """Token ids of the best hypothesis of each source (exactly `new_tokens` of them), and the seconds
+        translate_batch took."""
+        source = [[self.tokens[i] for i in row] for row in input_ids.tolist()]
+        options = {"beam_size": beams, "max_decoding_length": new_tokens, "min_decoding_length": new_tokens}
+        return self.translate_tokens(source, **options)
+
+    def translate_tokens(self, source: list[list[str]], **options) -> tuple[list[list[int]], float]:
+        """translate_batch(source, **options) in the worker: the best hypotheses as token ids, and its seconds."""
+        import json
+
+        self._process.stdin.write(json.dumps({"source": source, "options": options}) + "\n")
+        self._process.stdin.flush()
+        answer = self._read()
+        return [[self.index[token] for token in row] for row in answer["outputs"]], answer["seconds"]
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait(timeout=60)
+        self._folder.cleanup()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()

@@ -194,7 +194,9 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
         encoder output. (The library's version builds position ids and token types this model does not take, and
         inspects `forward`'s signature at every step for models registered for the Auto classes.)"""
         if next_sequence_length is not None:
-            input_ids = input_ids[:, -next_sequence_length:]
+            # A contiguous copy, as the library makes: a slice's stride grows with the output, and torch.compile
+            # would compile the step again for every length.
+            input_ids = input_ids[:, -next_sequence_length:].clone(memory_format=torch.contiguous_format)
         inputs = {"decoder_input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask}
         skipped = ("labels", "decoder_position_ids", "position_ids", "token_type_ids", "cache_position")
         for key, value in kwargs.items():

@@ -12,6 +12,10 @@ from typing import Any
 import torch
 from transformers.utils import is_torchdynamo_compiling
 
+# float32 temporaries of 16 MiB per block. (A module constant: torch.compile cannot read a class attribute of an
+# autograd.Function inside its forward and would break the graph there.)
+BLOCK_ELEMENTS = 1 << 22
+
 
 class LabelSmoothedCrossEntropy(torch.autograd.Function):
     """The summed label-smoothed cross-entropy of §5.4 over the rows of `logits` (N, V) whose label is not -100: for
@@ -25,12 +29,10 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
     softmax(x) - (1 - eps) * onehot(label) - eps / V, straight into one tensor of the logits' dtype.
     """
 
-    BLOCK_ELEMENTS = 1 << 22  # float32 temporaries of 16 MiB per block
-
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
         rows, vocab = logits.shape
-        block = max(1, LabelSmoothedCrossEntropy.BLOCK_ELEMENTS // vocab)
+        block = max(1, BLOCK_ELEMENTS // vocab)
         keep = labels != -100
         targets = labels.clamp(min=0)[:, None]  # (N, 1); ignored rows are zeroed below
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
@@ -49,7 +51,7 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         logits, targets, keep = ctx.saved_tensors
         rows, vocab = logits.shape
-        block = max(1, LabelSmoothedCrossEntropy.BLOCK_ELEMENTS // vocab)
+        block = max(1, BLOCK_ELEMENTS // vocab)
         grad_logits = torch.empty_like(logits)
         scale = torch.where(keep, grad_total.float(), 0.0)[:, None]  # (N, 1): ignored rows get no gradient
         on_target = torch.full((1, 1), -(1.0 - ctx.epsilon), dtype=torch.float32, device=logits.device)
@@ -77,6 +79,14 @@ def check_label_values(labels: torch.Tensor, vocab_size: int, ignore_index: int 
         )
 
 
+@torch.compiler.disable
+def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """The loss runs eagerly under torch.compile (a graph break between the model and its loss): inductor's code for
+    the blocked loop over the vocabulary made the compiled fp32 training step of the base model 25% slower than the
+    eager one (benchmarks/speed.py, ours+compiled), this kernel-per-block loop is what is fast on CPU already."""
+    return LabelSmoothedCrossEntropy.apply(logits, labels, epsilon)
+
+
 def label_smoothed_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -99,7 +109,7 @@ def label_smoothed_cross_entropy(
     if ignore_index != -100:
         labels = labels.masked_fill(labels == ignore_index, -100)
     check_label_values(labels, vocab, ignore_index)
-    total = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), float(label_smoothing))
+    total = _summed_loss(logits.flatten(0, 1), labels.flatten(), float(label_smoothing))
     if num_items_in_batch is None:
         num_items_in_batch = (labels != -100).sum()
     if not is_torchdynamo_compiling() and num_items_in_batch == 0:

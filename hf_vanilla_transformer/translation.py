@@ -154,7 +154,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="on CPU, do not pack the decoder's large weight matrices for decoding (hf_vanilla_transformer.cpu_decoding)",
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="on CPU, compute the linear layers in int8 (torch's dynamic quantization): faster, not exact",
+    )
     args = parser.parse_args(argv)
+    if args.int8 and torch.device(args.device).type != "cpu":
+        raise SystemExit(f"vanilla-transformer-translate: --int8 runs on CPU only, but --device is {args.device!r}.")
     try:  # everything about the input and output is checked before the model is loaded
         if args.output != "-":
             check_output_path(args.output)
@@ -167,7 +174,15 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device)
-    if torch.device(args.device).type == "cpu" and not args.no_cpu_packing:
+    if args.int8:
+        # Weights int8 (per tensor), activations quantized at each call: benchmarks/speed.py ("ours int8") and
+        # benchmarks/quantized.py (its BLEU and chrF against fp32) measure it. Instead of the packed fp32 layout.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks its quantized tensors deprecated (README "Decoding")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif torch.device(args.device).type == "cpu" and not args.no_cpu_packing:
         from .cpu_decoding import pack_for_cpu_decoding
 
         pack_for_cpu_decoding(model)  # the same translations, faster (benchmarks/speed.py: "ours+packed")

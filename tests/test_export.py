@@ -101,8 +101,10 @@ def test_the_source_length_limit_processor_has_no_host_synchronisation():
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_static_cache_and_compiled_decoding_step_equal_the_dynamic_cache(num_beams):
     """The library's route to decoding speed: cache_implementation="static", with the auto-compiled forward
-    (`_can_compile_fullgraph`) on CPU too. Same tokens, same scores as the dynamic cache, and for greedy/sampling (the
-    installed transformers compiles the step of `_sample` only, not of beam search) graphs without breaks."""
+    (`_can_compile_fullgraph`) on CPU too, for fixed shapes (dynamic=False, as benchmarks/speed.py compiles it). Same
+    tokens, same scores as the dynamic cache; for greedy/sampling (the installed transformers compiles the step of
+    `_sample` only, not of beam search) graphs without breaks, compiled once for the whole output: a step's
+    decoder_input_ids must not carry the stride of the growing sequence, or every length is compiled anew."""
     from torch._dynamo.utils import counters
     from transformers import StaticCache
 
@@ -114,15 +116,45 @@ def test_static_cache_and_compiled_decoding_step_equal_the_dynamic_cache(num_bea
         attention_mask=mask, num_beams=num_beams, max_new_tokens=12, return_dict_in_generate=True, output_scores=True
     )
     dynamic = model.generate(ids, **kwargs)
-    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
     compile_config._compile_all_devices = True  # the library compiles on CUDA only unless told
     static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
     assert isinstance(static.past_key_values.self_attention_cache, StaticCache)
     if num_beams == 1:
-        assert counters["stats"]["unique_graphs"] >= 1  # the decoding step was compiled
+        assert counters["stats"]["unique_graphs"] == 1  # the decoding step, compiled once for all 12 steps
     assert not counters["graph_break"]
     torch.testing.assert_close(static.sequences, dynamic.sequences)
     torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_compiled_training_step_equals_the_eager_one(bf16):
+    """torch.compile(model) (what the training script's --torch_compile does through the Trainer): the same loss and
+    gradients as the eager model, the model's forward compiled without breaks; the loss is the one place it leaves to
+    eager mode (loss_vanilla_transformer._summed_loss, measured faster so)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = tiny_model(seed=3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0).train()
+    compiled_model = tiny_model(seed=3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0).train()
+    compiled = torch.compile(compiled_model, dynamic=False)
+    ids, mask, labels = random_batch(batch=3, source=9, target=7)
+    results = []
+    for module, parameters in ((eager, eager), (compiled, compiled_model)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = module(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in parameters.named_parameters()}))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    tolerance = 2e-2 if bf16 else 1e-5
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=tolerance, rtol=tolerance)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=tolerance, rtol=tolerance, msg=name)
+    assert counters["stats"]["unique_graphs"] >= 1
+    breaks = [reason for reason in counters["graph_break"]]
+    assert len(breaks) <= 1 and all("skip" in b.lower() or "disable" in b.lower() for b in breaks), breaks
 
 
 @pytest.mark.slow

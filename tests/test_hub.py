@@ -336,3 +336,29 @@ def test_translate_writes_through_a_symbolic_link(model_folder, tmp_path, monkey
     assert (
         (tmp_path / "out.txt").is_symlink() and real.read_text() != "old\n" and len(real.read_text().splitlines()) == 1
     )
+
+
+def test_translate_int8_decodes_with_int8_linear_layers_on_cpu_only(model_folder, monkeypatch, capsys):
+    """--int8: every linear layer of the model that decodes is torch's dynamic int8 one (none packed), one output line
+    per input line; with a GPU device it is refused before anything is loaded."""
+    from hf_vanilla_transformer import translation
+
+    used = []
+    real_translate = translation.translate
+
+    def spy(model, *args, **kwargs):
+        used.append(model)
+        return real_translate(model, *args, **kwargs)
+
+    monkeypatch.setattr(translation, "translate", spy)
+    translate_main(model_folder, ["--int8", "--num_beams", "1"], b"twelve\nAug 3, 2001\n", monkeypatch)
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    import torch
+
+    from hf_vanilla_transformer.cpu_decoding import PackedLinear
+
+    modules = list(used[0].modules())
+    assert any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in modules)
+    assert not any(type(module) in (torch.nn.Linear, PackedLinear) for module in modules)
+    with pytest.raises(SystemExit, match=r"--int8 runs on CPU only, but --device is 'cuda'"):
+        translate_main(model_folder, ["--int8", "--device", "cuda"], b"twelve\n", monkeypatch)

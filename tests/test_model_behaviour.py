@@ -160,13 +160,14 @@ def test_loss_label_smoothing_and_num_items_in_batch():
 def test_the_fused_loss_equals_torch_cross_entropy(dtype, epsilon, monkeypatch):
     """LabelSmoothedCrossEntropy (no log-probabilities kept, blocks of rows) against F.cross_entropy: value and
     gradient, with ignored rows, over several blocks."""
+    from hf_vanilla_transformer import loss_vanilla_transformer
     from hf_vanilla_transformer.loss_vanilla_transformer import LabelSmoothedCrossEntropy
 
     generator = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(300, 1000, generator=generator)).to(dtype).requires_grad_()
     labels = torch.randint(0, 1000, (300,), generator=generator)
     labels[::7] = -100
-    monkeypatch.setattr(LabelSmoothedCrossEntropy, "BLOCK_ELEMENTS", 64_000)  # blocks of 64 rows, the last of 44
+    monkeypatch.setattr(loss_vanilla_transformer, "BLOCK_ELEMENTS", 64_000)  # blocks of 64 rows, the last of 44
     ours = LabelSmoothedCrossEntropy.apply(logits, labels, epsilon)
     (ours_grad,) = torch.autograd.grad(0.5 * ours, logits)
     reference = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=epsilon, reduction="sum")

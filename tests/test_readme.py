@@ -33,7 +33,12 @@ def test_readme_examples_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "result, script",
-    [("speed.md", "speed.py"), ("before_after/speed.md", "speed.py"), ("opus_mt.md", "opus_mt.py")],
+    [
+        ("speed.md", "speed.py"),
+        ("before_after/speed.md", "speed.py"),
+        ("opus_mt.md", "opus_mt.py"),
+        ("quantized.md", "quantized.py"),
+    ],
 )
 def test_the_speed_tables_are_what_the_benchmark_wrote(result, script):
     """The README's speed figures are files under benchmarks/results/ that the benchmark scripts wrote."""
