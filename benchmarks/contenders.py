@@ -91,7 +91,7 @@ class TorchTransformerLM(nn.Module):
         )
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        positions = sinusoidal_position_encoding(torch.arange(ids.shape[1]), self.config.d_model)
+        positions = sinusoidal_position_encoding(torch.arange(ids.shape[1], device=ids.device), self.config.d_model)
         return F.dropout(
             self.embed(ids) * math.sqrt(self.config.d_model) + positions, self.config.dropout, self.training
         )
@@ -101,7 +101,7 @@ class TorchTransformerLM(nn.Module):
         decoder_input_ids[:, 1:] = labels[:, :-1].clamp(min=0)
         decoder_input_ids[:, 0] = self.config.decoder_start_token_id
         padding = attention_mask == 0
-        causal = nn.Transformer.generate_square_subsequent_mask(labels.shape[1])
+        causal = nn.Transformer.generate_square_subsequent_mask(labels.shape[1], device=labels.device)
         hidden = self.transformer(
             self.embed_tokens(input_ids),
             self.embed_tokens(decoder_input_ids),

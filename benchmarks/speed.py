@@ -358,7 +358,7 @@ class Decoders:
             self.packed = copy.deepcopy(self.ours)
             if not pack_for_cpu_decoding(self.packed):
                 self.packed = None
-        self.marian = marian_twin(self.ours)
+        self.marian = marian_twin(self.ours).to(self.device)
         self.before = baseline_model(baseline, self.ours).to(self.device) if baseline else None
         self.ct2: dict[str, CTranslate2Process] = {}
         self.skipped: dict[str, str] = {}
