@@ -154,8 +154,8 @@ _CTRANSLATE2_WORKER = """
 import json, sys, time
 import ctranslate2
 folder, compute_type, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-translator = ctranslate2.Translator(folder, device=sys.argv[4], compute_type=compute_type, inter_threads=1,
-                                    intra_threads=threads)
+translator = ctranslate2.Translator(folder, device=sys.argv[4], device_index=int(sys.argv[5]),
+                                    compute_type=compute_type, inter_threads=1, intra_threads=threads)
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
@@ -173,7 +173,10 @@ class CTranslate2Process:
     runtime (two libgomp copies) and math libraries, and once both have run in one process, both decode markedly
     slower on 2 cores than each does alone. A deployment runs one engine per process; so does the benchmark."""
 
-    def __init__(self, model, compute_type: str = "float32", threads: int = 1, device: str = "cpu", tokenizer=None):
+    def __init__(
+        self, model, compute_type: str = "float32", threads: int = 1, device: str = "cpu", tokenizer=None,
+        device_index: int = 0,
+    ):  # fmt: skip
         """`tokenizer`: the model's own (its tokens are then the CTranslate2 vocabulary); None: the synthetic one."""
         import subprocess
         import sys
@@ -188,7 +191,16 @@ class CTranslate2Process:
             self.tokens = tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
         self.index = {token: i for i, token in enumerate(self.tokens)}
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _CTRANSLATE2_WORKER, self._folder.name, compute_type, str(threads), device],
+            [
+                sys.executable,
+                "-c",
+                _CTRANSLATE2_WORKER,
+                self._folder.name,
+                compute_type,
+                str(threads),
+                device,
+                str(device_index),
+            ],  # fmt: skip
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

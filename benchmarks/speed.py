@@ -350,26 +350,31 @@ class Decoders:
             self.compiled = copy.deepcopy(self.ours)  # its encoder compiled too (generate() runs it once per call)
             self.compiled.get_encoder().compile(dynamic=False)
         self.compile_config = compile_config(self.device)
-        self.compile_seconds: dict[tuple[int, int], float] = {}
+        self.compile_seconds: dict[int, float] = {}  # batch size -> seconds, greedy search
         self.bf16 = copy.deepcopy(self.ours).to(torch.bfloat16) if "ours bf16" in wanted else None
+        self.skipped: dict[str, str] = {}
         self.int8 = int8_model(self.ours) if "ours int8" in wanted and self.device.type == "cpu" else None
         self.packed = None
         if self.device.type == "cpu" and "ours+packed" in wanted:
             self.packed = copy.deepcopy(self.ours)
             if not pack_for_cpu_decoding(self.packed):
                 self.packed = None
+                self.skipped["ours+packed"] = "this torch build lacks oneDNN's packed linear ops"
+        elif self.device.type != "cpu":
+            self.skipped["ours+packed"] = "a CPU weight layout (oneDNN), not used on " + self.device.type
+            self.skipped["ours int8"] = "torch's dynamic int8 quantization runs on CPU only"
         self.marian = marian_twin(self.ours).to(self.device)
         self.before = baseline_model(baseline, self.ours).to(self.device) if baseline else None
         self.ct2: dict[str, CTranslate2Process] = {}
-        self.skipped: dict[str, str] = {}
         try:
             import ctranslate2
-        except ImportError as error:
+
+            supported = ctranslate2.get_supported_compute_types(self.device.type, self.device.index or 0)
+        except (ImportError, RuntimeError, ValueError) as error:  # not installed, or built / run without CUDA
             for name in CTRANSLATE2_TYPES:
-                self.skipped[name] = f"ctranslate2 is not installed ({error}); pip install ctranslate2"
+                self.skipped[name] = f"CTranslate2 cannot run on {self.device} here ({error})"
             log(f"  CTranslate2 skipped: {error}")
             return
-        supported = ctranslate2.get_supported_compute_types(self.device.type)
         for name, compute_type in CTRANSLATE2_TYPES.items():
             if name not in wanted:
                 continue
@@ -380,7 +385,9 @@ class Decoders:
                 )
                 continue
             threads = torch.get_num_threads()
-            self.ct2[name] = CTranslate2Process(self.ours.cpu(), compute_type, threads, self.device.type)
+            self.ct2[name] = CTranslate2Process(
+                self.ours.cpu(), compute_type, threads, self.device.type, device_index=self.device.index or 0
+            )
             self.ours.to(self.device)
 
     def names(self) -> list[str]:
@@ -447,7 +454,8 @@ def measure_decoding(decoders: Decoders, config, batches, rounds: int, new_token
                 if name == "ours+compiled":  # compiles for these shapes (the static cache's length included)
                     first = decoders.run(name, input_ids, beams, new_tokens)[1]
                     again = decoders.run(name, input_ids, beams, new_tokens)[1]
-                    decoders.compile_seconds[(batch_size, beams)] = max(first - again, 0.0)
+                    if beams == 1:  # beam search runs the step eagerly: nothing (new) is compiled there
+                        decoders.compile_seconds[batch_size] = max(first - again, 0.0)
                 else:
                     decoders.run(name, input_ids[:, :4], beams, 2)  # warm-up
             for _ in range(rounds):
@@ -601,8 +609,13 @@ def report(size, peaks, training, memory, decoding, step_times, decoders, new_to
     lines = [f"### {size} ({SIZES[size]['preset']} preset, vocabulary {SIZES[size]['vocab_size']})", ""]
     if training or memory:
         lines += [
-            "Training: source + target tokens per second (median), peak memory growth of a fresh process doing the "
-            "same steps, and FLOP/s against the measured matmul peak of the same dtype (MFU). ours+compiled: this "
+            "Training: source + target tokens per second (median), peak memory "
+            + (
+                "growth of a fresh process doing the same steps (its RSS)"
+                if decoders.device.type == "cpu"
+                else "allocated on the GPU during the same steps (torch's allocator)"
+            )
+            + ", and FLOP/s against the measured matmul peak of the same dtype (MFU). ours+compiled: this "
             "model under torch.compile (what --torch_compile does), its peak memory not measured.",
             "",
             "| contender | dtype | tokens/s | / ours | peak memory (MiB) | MFU |",
@@ -652,8 +665,8 @@ def report(size, peaks, training, memory, decoding, step_times, decoders, new_to
             seconds = decoders.compile_seconds
             slowest = max(seconds.values())
             lines += ["", (
-                f"ours+compiled: compiling took {min(seconds.values()):.1f} to {slowest:.1f} s per batch size and "
-                f"search (the first call minus the second); over {AMORTISED_SENTENCES} sentences decoded at one shape "
+                f"ours+compiled: compiling the encoder and the greedy decoding step took {min(seconds.values()):.1f} "
+                f"to {slowest:.1f} s per batch size (the first call minus the second, inductor's caches empty); over {AMORTISED_SENTENCES} sentences decoded at one shape "
                 f"that is at most {slowest / AMORTISED_SENTENCES * 1e3:.1f} ms per sentence."
             )]  # fmt: skip
         lines.append("")
@@ -731,43 +744,56 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def profile_training_step(size: str, dtype: str, rows: int = 12) -> str:
+def profiler_settings(device: torch.device) -> tuple[list, str]:
+    """The profiler's activities and the column to sort by: self CPU time, or self GPU time on CUDA."""
+    from torch.profiler import ProfilerActivity
+
+    if device.type == "cuda":
+        return [ProfilerActivity.CPU, ProfilerActivity.CUDA], "self_device_time_total"
+    return [ProfilerActivity.CPU], "self_cpu_time_total"
+
+
+def profile_training_step(size: str, dtype: str, rows: int = 12, device: torch.device = CPU) -> str:
     """The operators that take the time of one training step of this model and of Marian (torch's profiler,
-    self CPU time): where a training target is missed, this is the explanation."""
-    from torch.profiler import ProfilerActivity, profile
+    self time): where a training target is missed, this is the explanation."""
+    from torch.profiler import profile
 
     config = build_config(size)
     batch = training_batch(config)
+    activities, sort_by = profiler_settings(device)
     tables = []
     for name in ("ours", "marian"):
-        trainer = Trainer(name, config, batch, dtype == "bf16")
+        trainer = Trainer(name, config, batch, dtype == "bf16", device)
         trainer.step()
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        with profile(activities=activities) as profiler:
             trainer.step()
-        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+        table = profiler.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=48)
         tables.append(f"{name}, {size}, {dtype}, one training step:\n{table}")
     return "\n".join(tables)
 
 
-def profile_decoding(size: str, batch_size: int = 32, beams: int = 4, rows: int = 12) -> str:
+def profile_decoding(
+    size: str, batch_size: int = 32, beams: int = 4, rows: int = 12, device: torch.device = CPU
+) -> str:
     """The operators that take the time of one beam search (or greedy) run of this model and of Marian."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
     config = build_config(size)
     names = ["ours", "ours+packed", "marian"]
-    decoders = Decoders(config, lambda message: None, only=names)
+    decoders = Decoders(config, lambda message: None, only=names, device=device)
     input_ids = torch.randint(4, config.vocab_size, (batch_size, DECODE_SOURCE_LENGTH))
+    activities, sort_by = profiler_settings(device)
     tables = []
     for name in decoders.names():
         decoders.run(name, input_ids[:, :4], beams, 2)
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        with profile(activities=activities) as profiler:
             decoders.run(name, input_ids, beams, 48)
-        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+        table = profiler.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=48)
         tables.append(f"{name}, {size}, batch {batch_size}, {beams} beams, 48 new tokens:\n{table}")
     return "\n".join(tables)
 
 
-def step_anatomy(size: str, steps: int = 48) -> str:
+def step_anatomy(size: str, steps: int = 48, device: torch.device = CPU) -> str:
     """Greedy decoding at batch 1, where this model trails CTranslate2: the time of the model's forward for one step
     (a dynamic cache grown to the same lengths) against generate()'s time per new token, plain and packed. The
     difference is the generation loop around the forward (logits processors, stopping criteria, cache bookkeeping,
@@ -775,10 +801,10 @@ def step_anatomy(size: str, steps: int = 48) -> str:
     from transformers import DynamicCache, EncoderDecoderCache
 
     config = build_config(size)
-    decoders = Decoders(config, lambda message: None, only=["ours", "ours+packed"])
+    decoders = Decoders(config, lambda message: None, only=["ours", "ours+packed"], device=device)
     input_ids = torch.randint(
         4, config.vocab_size, (1, DECODE_SOURCE_LENGTH), generator=torch.Generator().manual_seed(1)
-    )
+    ).to(device)
     lines = [f"Greedy decoding, batch 1, {size}, {steps} new tokens (medians of 5 runs):"]
     for name in decoders.names():
         model = decoders.models()[name]
@@ -788,13 +814,15 @@ def step_anatomy(size: str, steps: int = 48) -> str:
             with torch.inference_mode():
                 encoder_outputs = model.get_encoder()(input_ids=input_ids)
                 cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-                token = torch.full((1, 1), config.decoder_start_token_id)
+                token = torch.full((1, 1), config.decoder_start_token_id, device=device)
+                synchronize(device)
                 start = time.perf_counter()
                 for _ in range(steps):
                     logits = model(
                         encoder_outputs=encoder_outputs, decoder_input_ids=token, past_key_values=cache
                     ).logits
                     token = logits[:, -1:].argmax(-1)
+                synchronize(device)
                 forward.append((time.perf_counter() - start) / steps)
         token_ms, forward_ms = statistics.median(per_token[1:]) * 1e3, statistics.median(forward[1:]) * 1e3
         lines.append(
@@ -878,9 +906,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         for size in args.sizes:
             for dtype in args.dtypes:
-                print(profile_training_step(size, dtype))
-            print(profile_decoding(size, max(args.batches)))
-            print(step_anatomy(size))
+                print(profile_training_step(size, dtype, device=device))
+            print(profile_decoding(size, max(args.batches), device=device))
+            print(step_anatomy(size, device=device))
         return {}
 
     def log(message: str) -> None:
@@ -935,7 +963,11 @@ def main(argv: list[str] | None = None) -> dict:
         "ratios": all_ratios,
         "results": {
             size: {
-                part: ({"|".join(map(str, k)): v for k, v in value.items()} if isinstance(value, dict) else value)
+                part: (
+                    {("|".join(map(str, k)) if isinstance(k, tuple) else k): v for k, v in value.items()}
+                    if isinstance(value, dict)
+                    else value
+                )
                 for part, value in data.items()
             }
             for size, data in results.items()
