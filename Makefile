@@ -43,10 +43,13 @@ test: setup
 params: setup
 	$(BIN)/python benchmarks/parameter_counts.py
 
-# Speed and memory against MarianMTModel, torch.nn.Transformer and CTranslate2 (about 18 minutes on 2 cores);
-# writes benchmarks/results/speed.{md,png,json}.
+# Speed and memory of the base model against MarianMTModel, torch.nn.Transformer and CTranslate2 (fp32, bf16, int8;
+# about 25 minutes on 2 cores), then the demo model's BLEU / chrF in fp32, bf16 and int8 (after `make demo`);
+# writes benchmarks/results/speed.{md,png,json} and quantized.{md,json}.
 bench: setup
-	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/speed.py --sizes base
+	@if [ -f outputs/demo/model/config.json ]; then $(BIN)/python benchmarks/quantized.py; \
+	else echo "[bench] quantized.py skipped: no outputs/demo/model (make demo trains it)"; fi
 
 # The design experiments of README "Why it is built this way" (about 35 minutes on 2 cores); each also runs alone,
 # `python -m experiments.NAME`; writes experiments/results/NAME.{md,json,png}.
