@@ -56,7 +56,10 @@ def test_the_speed_script_runs_and_reports_every_contender(tmp_path):
         "| batch | search | ours | ours+compiled | ours bf16 | ours int8 | marian | ctranslate2 | ctranslate2 int8 |",
     ):
         assert row in markdown
-    assert "Compilation of the training step" in markdown and "ours+compiled: compiling the encoder and the greedy" in markdown
+    assert (
+        "Compilation of the training step" in markdown
+        and "ours+compiled: compiling the encoder and the greedy" in markdown
+    )
     assert "AVX" in markdown.split("\n", 1)[0] or "no AVX2" in markdown.split("\n", 1)[0]  # the CPU's features
     assert (tmp_path / "speed.png").stat().st_size > 10_000
     ratios = json.loads((tmp_path / "speed.json").read_text())["ratios"]["tiny"]
