@@ -44,7 +44,7 @@ params: setup
 	$(BIN)/python benchmarks/parameter_counts.py
 
 # Speed and memory of the base model against MarianMTModel, torch.nn.Transformer and CTranslate2 (fp32, bf16, int8;
-# about 25 minutes on 2 cores), then the demo model's BLEU / chrF in fp32, bf16 and int8 (after `make demo`);
+# about 20 minutes on 2 cores), then the demo model's BLEU / chrF in fp32, bf16 and int8 (after `make demo`);
 # writes benchmarks/results/speed.{md,png,json} and quantized.{md,json}.
 bench: setup
 	$(BIN)/python benchmarks/speed.py --sizes base
