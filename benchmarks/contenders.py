@@ -11,7 +11,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -178,10 +182,6 @@ class CTranslate2Process:
         device_index: int = 0,
     ):  # fmt: skip
         """`tokenizer`: the model's own (its tokens are then the CTranslate2 vocabulary); None: the synthetic one."""
-        import subprocess
-        import sys
-        import tempfile
-
         self.compute_type = compute_type
         self._folder = tempfile.TemporaryDirectory(prefix="ctranslate2-")
         if tokenizer is None:
@@ -208,8 +208,6 @@ class CTranslate2Process:
         self._read()
 
     def _read(self) -> dict:
-        import json
-
         line = self._process.stdout.readline()
         if not line:
             code = self._process.wait()
@@ -225,8 +223,6 @@ class CTranslate2Process:
 
     def translate_tokens(self, source: list[list[str]], **options) -> tuple[list[list[int]], float]:
         """translate_batch(source, **options) in the worker: the best hypotheses as token ids, and its seconds."""
-        import json
-
         self._process.stdin.write(json.dumps({"source": source, "options": options}) + "\n")
         self._process.stdin.flush()
         answer = self._read()

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from contenders import CTranslate2Process  # noqa: E402
-from speed import cpu_features, cpu_name, int8_model  # noqa: E402
+from speed import CPU, int8_model, machine_description  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHRF_TOLERANCE = 0.3  # issue 16: int8 within 0.3 chrF of fp32
@@ -53,15 +53,6 @@ def test_split(model_dir: Path, pairs: int | None) -> tuple[list[str], list[str]
     rows = data["test"]["translation"][:pairs] if pairs else data["test"]["translation"]
     note = f"demo corpus test split, {len(rows)} pairs (demo_pairs={settings['demo_pairs']}, seed={settings['seed']})"
     return [r[settings["source_lang"]] for r in rows], [r[settings["target_lang"]] for r in rows], note
-
-
-def scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    import sacrebleu
-
-    return {
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-    }
 
 
 def run_ours(model, tokenizer, sources: list[str], batch_tokens: int) -> tuple[list[str], float]:
@@ -98,11 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+    from hf_vanilla_transformer_training.train import translation_scores
 
     model = VanillaTransformerForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     sources, references, split = test_split(args.model, args.pairs)
-    machine = f"{cpu_name()} ({cpu_features()}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = machine_description(CPU)
     print(f"[quantized] {machine}; {split}", flush=True)
 
     results: dict[str, dict] = {}
@@ -110,22 +102,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     def record(engine: str, precision: str, hypotheses: list[str], seconds: float) -> None:
         new_tokens = sum(len(tokenizer(h).input_ids) for h in hypotheses)
-        row = {**scores(hypotheses, references), "tokens_per_s": new_tokens / seconds, "seconds": seconds}
+        scored = translation_scores(hypotheses, references)  # the scores the training command reports
+        row = {"bleu": scored["bleu"], "chrf": scored["chrf"], "tokens_per_s": new_tokens / seconds, "seconds": seconds}
         results[f"{engine} {precision}"] = row
         outputs[f"{engine} {precision}"] = hypotheses
         print(f"  {engine:12s} {precision:5s} BLEU {row['bleu']:5.1f} chrF {row['chrf']:5.1f} "
               f"{row['tokens_per_s']:8.1f} new tokens/s", flush=True)  # fmt: skip
 
-    variants = {"fp32": model, "bf16": None, "int8": None}
-    for precision in variants:
-        if precision == "bf16":
-            variants[precision] = VanillaTransformerForConditionalGeneration.from_pretrained(
-                args.model, dtype=torch.bfloat16
-            ).eval()
-        elif precision == "int8":
-            variants[precision] = int8_model(model)
-        record("this model", precision, *run_ours(variants[precision], tokenizer, sources, args.batch_tokens))
-        variants[precision] = None if precision != "fp32" else model
+    record("this model", "fp32", *run_ours(model, tokenizer, sources, args.batch_tokens))
+    bf16 = VanillaTransformerForConditionalGeneration.from_pretrained(args.model, dtype=torch.bfloat16).eval()
+    record("this model", "bf16", *run_ours(bf16, tokenizer, sources, args.batch_tokens))
+    del bf16
+    record("this model", "int8", *run_ours(int8_model(model), tokenizer, sources, args.batch_tokens))
 
     skipped = {}
     try:

@@ -49,7 +49,7 @@ from hf_vanilla_transformer import (  # noqa: E402
     VanillaTransformerModel,
     any_config,
 )
-from hf_vanilla_transformer.cpu_decoding import pack_for_cpu_decoding  # noqa: E402
+from hf_vanilla_transformer.cpu_decoding import pack_for_cpu_decoding, quantize_for_cpu_decoding  # noqa: E402
 
 SIZES = {
     "base": {"preset": "base", "vocab_size": 37000},  # Table 3 base, the paper's shared BPE vocabulary
@@ -308,21 +308,12 @@ DECODERS = (
     "ours", "ours+packed", "ours+compiled", "ours bf16", "ours int8", "marian", "before",
     "ctranslate2", "ctranslate2 bf16", "ctranslate2 int8",
 )  # fmt: skip
-MINE = ("ours", "ours+packed", "ours+compiled", "ours bf16", "ours int8")
 CTRANSLATE2_TYPES = {"ctranslate2": "float32", "ctranslate2 bf16": "bfloat16", "ctranslate2 int8": "int8"}
 
 
-def int8_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose linear layers compute in int8 on CPU: torch's dynamic quantization (weights int8 per
-    tensor, activations quantized per call, fbgemm / oneDNN kernels). The installed stack's fastest int8 path: torchao's
-    Int8DynamicActivationInt8WeightConfig, measured in eager mode here, decoded at 23 new tokens/s where this made
-    187 (base, batch 1). torch marks its quantized tensors deprecated; the warning is silenced, not hidden: see
-    README "Decoding speed"."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+# "ours int8": the package's opt-in int8 copy (torch's dynamic quantization). On this stack it is the fastest int8
+# path in eager mode; torchao's Int8DynamicActivationInt8WeightConfig, tried without compiling, was far slower.
+int8_model = quantize_for_cpu_decoding
 
 
 def compile_config(device: torch.device):
@@ -393,10 +384,7 @@ class Decoders:
             self.ours.to(self.device)
 
     def names(self) -> list[str]:
-        available = {
-            "ours": self.ours, "ours+packed": self.packed, "ours+compiled": self.compiled, "ours bf16": self.bf16,
-            "ours int8": self.int8, "marian": self.marian, "before": self.before, **self.ct2,
-        }  # fmt: skip
+        available = {**self.models(), "marian": self.marian, **self.ct2}
         wanted = self.only or DECODERS
         return [name for name in DECODERS if name in wanted and available.get(name) is not None]
 

@@ -118,6 +118,18 @@ def pack_for_cpu_decoding(model: nn.Module, min_elements: int = MIN_ELEMENTS) ->
     return _replace(model, select, PackedLinear)
 
 
+def quantize_for_cpu_decoding(model: nn.Module) -> nn.Module:
+    """Opt-in, not exact: a copy of `model` whose `nn.Linear` layers compute in int8 on CPU, through torch's dynamic
+    quantization (weights int8 per tensor, activations quantized at each call). Apply it to an unpacked model (a
+    `PackedLinear` is not quantized). benchmarks/speed.py ("ours int8") and benchmarks/quantized.py (BLEU and chrF
+    against fp32) measure it. torch marks its quantized tensors deprecated; that warning is silenced here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)  # a copy
+
+
 def unpack_cpu_decoding(model: nn.Module) -> list[str]:
     """Undoes `pack_for_cpu_decoding`: every `PackedLinear` becomes an `nn.Linear` with the same parameters."""
     return _replace(model, lambda name, module: type(module) is PackedLinear, nn.Linear)
@@ -128,5 +140,6 @@ __all__ = [
     "PackedLinear",
     "onednn_packed_linear_available",
     "pack_for_cpu_decoding",
+    "quantize_for_cpu_decoding",
     "unpack_cpu_decoding",
 ]

@@ -81,9 +81,9 @@ def check_label_values(labels: torch.Tensor, vocab_size: int, ignore_index: int 
 
 @torch.compiler.disable
 def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """The loss runs eagerly under torch.compile (a graph break between the model and its loss): inductor's code for
-    the blocked loop over the vocabulary made the compiled fp32 training step of the base model 25% slower than the
-    eager one (benchmarks/speed.py, ours+compiled), this kernel-per-block loop is what is fast on CPU already."""
+    """The loss runs eagerly under torch.compile (a graph break between the model and its loss): compiled, inductor's
+    code for the blocked loop over the vocabulary made the base model's fp32 training step slower than the eager one
+    on CPU (an A/B while writing this; benchmarks/speed.py's "ours+compiled" measures the result)."""
     return LabelSmoothedCrossEntropy.apply(logits, labels, epsilon)
 
 

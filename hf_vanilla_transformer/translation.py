@@ -174,14 +174,10 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device)
-    if args.int8:
-        # Weights int8 (per tensor), activations quantized at each call: benchmarks/speed.py ("ours int8") and
-        # benchmarks/quantized.py (its BLEU and chrF against fp32) measure it. Instead of the packed fp32 layout.
-        import warnings
+    if args.int8:  # instead of the packed fp32 layout
+        from .cpu_decoding import quantize_for_cpu_decoding
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks its quantized tensors deprecated (README "Decoding")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = quantize_for_cpu_decoding(model)
     elif torch.device(args.device).type == "cpu" and not args.no_cpu_packing:
         from .cpu_decoding import pack_for_cpu_decoding
 
