@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo smoke test params bench experiments clean
+.PHONY: setup demo smoke test test-newest params bench experiments clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ test: setup
 	$(BIN)/python tests/transformers_common/fetch.py
 	$(BIN)/python -m pytest -n 2 --durations=10
 
+# The contract tests with the newest releases pyproject.toml admits (CI's second environment; about 3 minutes).
+test-newest: setup
+	bash .ci/test-newest
+
 params: setup
 	$(BIN)/python benchmarks/parameter_counts.py
 
@@ -57,4 +61,4 @@ experiments: setup
 	$(BIN)/python -m experiments
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-newest outputs .pytest_cache .ruff_cache

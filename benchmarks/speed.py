@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -266,6 +267,13 @@ OLD_NAMES = [
 ]  # fmt: skip
 
 
+def baseline_decodes_with_history(model: torch.nn.Module) -> bool:
+    """Whether a --baseline model's code passes the cache as transformers >= 5.24 does (the package from 0.3.0 on, the
+    first with compatibility_vanilla_transformer.py)."""
+    package = type(model).__module__.rpartition(".")[0]
+    return importlib.util.find_spec(f"{package}.compatibility_vanilla_transformer") is not None
+
+
 def baseline_model(revision: str, ours: VanillaTransformerForConditionalGeneration):
     """This package as it was at git `revision`, imported under another name, holding `ours`'s weights: the "before"
     of a change, measured in the same process and rounds as the "after"."""
@@ -358,6 +366,12 @@ class Decoders:
             self.skipped["ours int8"] = "torch's dynamic int8 quantization runs on CPU only"
         self.marian = marian_twin(self.ours).to(self.device)
         self.before = baseline_model(baseline, self.ours).to(self.device) if baseline else None
+        if self.before is not None and not baseline_decodes_with_history(self.before):
+            raise ValueError(
+                f"--baseline {baseline}: this package at that revision predates 0.3.0, whose generate() reads the "
+                "decoding cache under the name transformers >= 5.24 passes; with the installed transformers it decodes "
+                "each token without its history, so its speed is not comparable. Pick a revision from 0.3.0 on."
+            )
         self.ct2: dict[str, CTranslate2Process] = {}
         try:
             import ctranslate2
@@ -808,9 +822,7 @@ def step_anatomy(size: str, steps: int = 48, device: torch.device = CPU) -> str:
                 synchronize(device)
                 start = time.perf_counter()
                 for _ in range(steps):
-                    logits = model(
-                        encoder_outputs=encoder_outputs, decoder_input_ids=token, past_key_values=cache
-                    ).logits
+                    logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=token, cache=cache).logits
                     token = logits[:, -1:].argmax(-1)
                 synchronize(device)
                 forward.append((time.perf_counter() - start) / steps)
@@ -908,8 +920,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.output.mkdir(parents=True, exist_ok=True)
     machine = machine_description(device)
     log(f"[speed] {machine}")
-    peaks = {"fp32": matmul_peak(torch.float32, device=device), "bf16": matmul_peak(torch.bfloat16, device=device)}
-    log(f"[speed] matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    # Only the dtypes asked for: on a CPU without bf16 matrix units (AVX2 only), one bf16 matmul of the peak's size
+    # takes minutes.
+    dtype_of = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {dtype: matmul_peak(dtype_of[dtype], device=device) for dtype in args.dtypes}
+    peak_text = ", ".join(f"{dtype} {peak / 1e9:.0f} GFLOP/s" for dtype, peak in peaks.items())
+    log(f"[speed] matmul peak: {peak_text}")
 
     sections, results, all_ratios = [], {}, {}
     for size in args.sizes:
@@ -941,8 +957,8 @@ def main(argv: list[str] | None = None) -> dict:
         del decoders
 
     header = [
-        f"Measured by `{' '.join(['python benchmarks/speed.py', *(sys.argv[1:] if argv is None else argv)])}` on {machine}; matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s. {args.rounds} alternating rounds, medians.",
+        f"Measured by `{' '.join(['python benchmarks/speed.py', *(sys.argv[1:] if argv is None else argv)])}` on {machine}; matmul peak {peak_text}. "
+        f"{args.rounds} alternating rounds, medians.",
         "",
     ]
     markdown = "\n".join(header) + "\n" + "\n\n".join(sections) + "\n"

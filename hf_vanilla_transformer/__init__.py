@@ -13,6 +13,7 @@ paper reports, and the small non-paper sizes), `cpu_decoding` (an opt-in weight 
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
+from .compatibility_vanilla_transformer import PACKAGE_VERSION
 from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
 from .cpu_decoding import pack_for_cpu_decoding, unpack_cpu_decoding
 from .generation_vanilla_transformer import (
@@ -43,7 +44,7 @@ from .paper import (
 from .tokenization_vanilla_transformer import FairseqBPETokenizer
 from .translation import translate
 
-__version__ = "0.2.0"
+__version__ = PACKAGE_VERSION
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
 AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel, exist_ok=True)

@@ -23,6 +23,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
+from .compatibility_vanilla_transformer import PACKAGE_VERSION
+
 logger = logging.get_logger(__name__)
 
 POSITION_ENCODINGS = ("sinusoidal", "learned")
@@ -117,7 +119,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     """
 
     model_type = "vanilla_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "h",
@@ -160,6 +162,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Which version of this package wrote the config.json (None: one from before versions were recorded, 0.2 or
+        # earlier); `to_dict` writes the running version, as the library does with `transformers_version`.
+        self.vanilla_transformer_version = kwargs.pop("vanilla_transformer_version", None)
         # The library's names (hidden_size, num_attention_heads, num_hidden_layers) set the paper's fields first,
         # so that d_k and d_v below follow them.
         for alias, name in self.attribute_map.items():
@@ -261,6 +266,11 @@ class VanillaTransformerConfig(PreTrainedConfig):
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
             if getattr(self, name) is None:
                 raise self._invalid(name, f"a token id in {bound}; the model needs it")
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["vanilla_transformer_version"] = PACKAGE_VERSION
+        return output
 
     # ---- derived values ------------------------------------------------------------------------------------
     @property

@@ -180,41 +180,17 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
             return torch.full((hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device)
         raise ValueError("max_new_tokens_over_source needs the source: give input_ids or an attention_mask.")
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        next_sequence_length: int | None = None,
-        past_key_values: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        is_first_iteration: bool | None = False,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """The inputs of one decoding step: the tokens not yet in the cache, the cache, the source mask and the
-        encoder output. (The library's version builds position ids and token types this model does not take, and
-        inspects `forward`'s signature at every step for models registered for the Auto classes.)"""
-        if next_sequence_length is not None:
-            # A contiguous copy, as the library makes: a slice's stride grows with the output, and torch.compile
-            # would compile the step again for every length.
-            input_ids = input_ids[:, -next_sequence_length:].clone(memory_format=torch.contiguous_format)
-        inputs = {"decoder_input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask}
-        skipped = ("labels", "decoder_position_ids", "position_ids", "token_type_ids", "cache_position")
-        for key, value in kwargs.items():
-            if key not in skipped and key not in inputs:
-                inputs[key] = value
-        return inputs
-
-    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """After each beam-search step the library moves every beam's cache to the beam's new place, through this
         optional hook where a model has one (as RAG does; GenerationMixin does not define it). Only the
         self-attention half needs moving: the cross-attention keys and values are those of the sentence's encoder
         output, the same for all its beams, and beams never move between sentences. Skipping that half is exact
         and saves a copy of it at every step (benchmarks/speed.py, beam 4)."""
-        if isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
         else:
-            past_key_values.reorder_cache(beam_idx)
-        return past_key_values
+            cache.reorder_cache(beam_idx)
+        return cache
 
     # ---- the GNMT length penalty: the library's private beam-search hooks --------------------------------------
     def _prepare_generation_config(

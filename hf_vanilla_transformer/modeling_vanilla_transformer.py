@@ -36,13 +36,19 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from .compatibility_vanilla_transformer import check_transformers_version, saved_with_stale_code
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .generation_vanilla_transformer import VanillaTransformerGenerationMixin, paper_generation_config
 from .loss_vanilla_transformer import check_label_values, label_smoothed_cross_entropy
+
+logger = logging.get_logger(__name__)
+
+check_transformers_version()  # this file also runs as a saved folder's remote code, under any transformers
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -103,23 +109,19 @@ class VanillaTransformerAttention(nn.Module):
         hidden_states: torch.Tensor,  # (B, T, d): the queries
         key_value_states: torch.Tensor | None = None,  # (B, S, d): the encoder output, for cross-attention
         attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch_size, length, self.h, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 
-        cache = None
-        if past_key_values is not None:
-            cache = (
-                past_key_values.cross_attention_cache
-                if self.is_cross_attention
-                else past_key_values.self_attention_cache
-            )
+        layer_cache = None
+        if cache is not None:
+            layer_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
 
-        if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+        if self.is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
             # The encoder output does not change while decoding: its keys and values are computed once.
-            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            key, value = layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
         else:
             source = key_value_states if self.is_cross_attention else hidden_states
             source_length = source.shape[1]
@@ -129,10 +131,10 @@ class VanillaTransformerAttention(nn.Module):
             value = (
                 self.v_proj(source).view(batch_size, source_length, self.h, self.d_v).transpose(1, 2)
             )  # (B, h, S, d_v)
-            if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
+            if layer_cache is not None:
+                key, value = layer_cache.update(key, value, self.layer_idx)
                 if self.is_cross_attention:
-                    past_key_values.is_updated[self.layer_idx] = True
+                    cache.is_updated[self.layer_idx] = True
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -384,18 +386,18 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None,  # causal self-attention mask, or None for SDPA's is_causal
         encoder_hidden_states: torch.Tensor,  # (B, S, d)
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         def self_attn(y: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(y, attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)[0]
+            return self.self_attn(y, attention_mask=attention_mask, cache=cache, **kwargs)[0]
 
         def cross_attn(y: torch.Tensor) -> torch.Tensor:
             return self.cross_attn(
                 y,
                 key_value_states=encoder_hidden_states,
                 attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )[0]
 
@@ -441,6 +443,22 @@ def _forget_legacy_renames(model: PreTrainedModel) -> None:
         model._weight_conversions = [
             c for c in conversions if not set(getattr(c, "source_patterns", ())) <= LEGACY_KEY_MAPPING.keys()
         ]
+
+
+def _warn_if_saved_with_stale_code(model: PreTrainedModel) -> None:
+    """A folder saved by this package before 0.3.0 carries code files (for `trust_remote_code`) that decode wrongly
+    under transformers >= 5.24. Loading it here runs the installed package's code, which is right; its users who load
+    it as remote code get the old files, so say how to refresh them."""
+    config = model.config
+    if getattr(config, "auto_map", None) and saved_with_stale_code(config.vanilla_transformer_version):
+        logger.warning(
+            f"{config.name_or_path or 'This folder'} was saved by hf_vanilla_transformer "
+            f"{config.vanilla_transformer_version or 'before 0.3.0'}: its code files (modeling_vanilla_transformer.py "
+            "and the others) decode wrongly with transformers >= 5.24 when the folder is loaded with "
+            "trust_remote_code=True where this package is not installed. This load uses the installed package and is "
+            "correct. Refresh the folder with model.save_pretrained(folder) and, if it is on the Hub, push its code "
+            "files again (vanilla-transformer-push-to-hub)."
+        )
 
 
 def _umask() -> int:
@@ -622,6 +640,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         if kwargs.get("output_loading_info") or "state_dict" in kwargs:
             loaded = super().from_pretrained(*args, **kwargs)
             _forget_legacy_renames(loaded[0] if isinstance(loaded, tuple) else loaded)
+            _warn_if_saved_with_stale_code(loaded[0] if isinstance(loaded, tuple) else loaded)
             return loaded
         try:  # tensors of other shapes are refused by name in _load_pretrained_model, before loading
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
@@ -646,6 +665,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 "the report."
             )
         _forget_legacy_renames(model)
+        _warn_if_saved_with_stale_code(model)
         return model
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
@@ -770,13 +790,14 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)  # the name before 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -787,7 +808,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         attention_mask (`torch.Tensor` of shape `(B, past + T)`): 1 for tokens, 0 for padding.
         encoder_hidden_states (`torch.Tensor` of shape `(B, S, d)`): the encoder's output.
         encoder_attention_mask (`torch.Tensor` of shape `(B, S)`): the source padding mask.
-        past_key_values (`EncoderDecoderCache`): keys and values of earlier steps (self-attention) and of the
+        cache (`EncoderDecoderCache`): keys and values of earlier steps (self-attention) and of the
             encoder output (cross-attention).
 
         The ids are checked against the vocabulary where a sequence starts (no cache, or an empty one); the ids
@@ -797,13 +818,13 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             raise ValueError("Give exactly one of decoder_input_ids or decoder_inputs_embeds to the decoder.")
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs encoder_hidden_states (the encoder's output) for its cross-attention.")
-        if use_cache and past_key_values is None:
+        if use_cache and cache is None:
             # No config: the caches grow a layer at a time (the config's num_hidden_layers is the encoder's depth).
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
-            raise ValueError(f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}.")
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
+            raise ValueError(f"cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
         # An int for the dynamic cache; a 0-d tensor for a filled static cache (no host synchronisation).
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         if input_ids is not None:
             if isinstance(past_length, int) and past_length == 0:
                 check_input_ids(input_ids, self.config.target_vocab_size, "decoder_input_ids")
@@ -819,7 +840,17 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
                 f"The decoder's input has batch size {batch_size} but the encoder's output "
                 f"{encoder_hidden_states.shape[0]}; give one target row per source row."
             )
-        if attention_mask is not None and isinstance(past_length, int):
+        # generate() with a compileable (static) cache prepares the self-attention mask itself: (B, 1, T, cache size).
+        prepared = attention_mask is not None and attention_mask.dim() == 4 and cache is not None
+        if prepared and not (
+            cache.self_attention_cache.is_compileable and attention_mask.shape[:3] == (batch_size, 1, length)
+        ):
+            raise ValueError(
+                f"decoder_attention_mask has shape {tuple(attention_mask.shape)}: a 4-D mask is only taken from "
+                f"generate() with a static cache, as ({batch_size}, 1, {length}, cache length); give a 2-D mask of 1 "
+                "for tokens and 0 for padding."
+            )
+        if attention_mask is not None and isinstance(past_length, int) and not prepared:
             if attention_mask.dim() != 2:
                 raise ValueError(
                     f"decoder_attention_mask must have shape (batch_size, target_length) = ({batch_size}, "
@@ -843,7 +874,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
+            cache=cache.self_attention_cache if cache is not None else None,
         )
         encoder_attention_mask = create_bidirectional_mask(
             config=self.config,
@@ -857,13 +888,13 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
                 causal_mask,
                 encoder_hidden_states,  # positional, for gradient checkpointing
                 encoder_attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None
+            last_hidden_state=hidden_states, cache=cache if use_cache else None
         )
 
 
@@ -912,6 +943,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             self.decoder.set_input_embeddings(value)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)  # the name before 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -919,7 +951,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -931,7 +963,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         decoder_input_ids (`torch.LongTensor` of shape `(B, T)`): target ids shifted right.
         decoder_attention_mask (`torch.Tensor` of shape `(B, T)`): 1 for target tokens, 0 for padding.
         encoder_outputs (`BaseModelOutput` or tuple): a precomputed encoder output (used by `generate`).
-        past_key_values (`EncoderDecoderCache`): the decoding cache.
+        cache (`EncoderDecoderCache`): the decoding cache.
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -957,14 +989,14 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -1019,6 +1051,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)  # the name before 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1026,7 +1059,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -1058,7 +1091,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -1081,7 +1114,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

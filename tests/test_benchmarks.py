@@ -120,9 +120,14 @@ def test_ctranslate2_in_its_own_process_decodes_what_generate_decodes():
         process.translate(ids, 1, 10)  # closed: its pipe is gone
 
 
+# The old code passes the cache to the library under its pre-5.24 name.
+@pytest.mark.runs_old_code
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 def test_the_before_contender_is_the_old_code_with_the_same_weights():
     """speed.py --baseline REV imports the package as it was at REV (here the last revision before the module
-    renames of issue 10) and loads this model's weights into it: it must compute the same function."""
+    renames of issue 10) and loads this model's weights into it: it must compute the same function. Its decoding
+    is not compared: code before 0.3.0 decodes without the cache's history under transformers >= 5.24, so speed.py
+    refuses such a revision as a decoding contender."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -143,8 +148,7 @@ def test_the_before_contender_is_the_old_code_with_the_same_weights():
             atol=1e-5,
             rtol=1e-5,
         )
-    kwargs = dict(attention_mask=mask, num_beams=4, max_new_tokens=8)
-    assert torch.equal(before.generate(ids, **kwargs), model.generate(ids, **kwargs))
+    assert not speed.baseline_decodes_with_history(before) and speed.baseline_decodes_with_history(model)
     # The Auto classes still build this package's model (the old package registered its own on import).
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 

@@ -119,7 +119,7 @@ def test_static_cache_and_compiled_decoding_step_equal_the_dynamic_cache(num_bea
     compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
     compile_config._compile_all_devices = True  # the library compiles on CUDA only unless told
     static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
-    assert isinstance(static.past_key_values.self_attention_cache, StaticCache)
+    assert isinstance(static.cache.self_attention_cache, StaticCache)
     if num_beams == 1:
         assert counters["stats"]["unique_graphs"] == 1  # the decoding step, compiled once for all 12 steps
     assert not counters["graph_break"]

@@ -53,14 +53,14 @@ def test_the_paper_recipe_fills_every_flag_that_is_not_given():
 
 def test_every_trainer_flag_reaches_the_trainer_arguments():
     run = parse_args(["--output_dir", "out", "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id", "me/x",
-                      "--torch_compile", "--optim", "adafactor", "--bf16", "--gradient_checkpointing",
+                      "--torch_compile", "--optim", "adafactor", "--bf16", "--activation_checkpointing",
                       "--per_device_eval_batch_size", "8", "--num_train_epochs", "3", "--learning_rate", "5e-5",
                       "--lr_scheduler_type", "linear", "--warmup_steps", "10", "--do_train", "--do_predict",
                       "--resume_from_checkpoint", "last", "--source_prefix", "translate: ", "--max_source_length",
                       "64", "--dataset_name", "wmt14", "--dataset_config_name", "de-en"])  # fmt: skip
     t = run.training
     assert t.report_to == ["tensorboard"] and t.push_to_hub and t.hub_model_id == "me/x" and t.torch_compile
-    assert t.optim.value == "adafactor" and t.bf16 and t.gradient_checkpointing and t.per_device_eval_batch_size == 8
+    assert t.optim.value == "adafactor" and t.bf16 and t.activation_checkpointing and t.per_device_eval_batch_size == 8
     # --num_train_epochs decides the length (the paper's 100k steps are not imposed on top of it)
     assert t.num_train_epochs == 3 and t.max_steps == -1
     assert t.learning_rate == 5e-5 and t.lr_scheduler_type.value == "linear" and not t.lr_scheduler_kwargs
@@ -497,7 +497,7 @@ def test_trainer_flags_change_the_run_optimizer_and_epochs(tmp_path):
     of the token batches is trained (not the paper's 100k steps)."""
     out = tmp_path / "run"
     results = main([*TINY, "--output_dir", str(out), "--optim", "sgd", "--learning_rate", "0.1", "--num_train_epochs",
-                    "1", "--max_train_samples", "300", "--gradient_checkpointing", "--save_steps", "1000",
+                    "1", "--max_train_samples", "300", "--activation_checkpointing", "--save_steps", "1000",
                     "--eval_steps", "1000", "--average_last", "1", "--skip_test"])  # fmt: skip
     (checkpoint,) = out.glob("checkpoint-*")
     state = json.loads((checkpoint / "trainer_state.json").read_text())

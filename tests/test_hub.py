@@ -2,6 +2,7 @@
 folder translates in a fresh virtual environment that has torch and transformers but not this package."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -114,6 +115,35 @@ def test_an_invalid_card_or_auto_map_stops_the_upload(model_folder, tmp_path):
         check_model_folder(folder)
 
 
+@pytest.mark.parametrize("recorded", [None, "0.2.0"])
+def test_a_folder_saved_before_the_cache_fix_is_not_published_and_warns_when_loaded(
+    model_folder, tmp_path, recorded, caplog
+):
+    """Folders saved before 0.3.0 carry code that decodes without the cache's history under transformers >= 5.24
+    (as remote code); loading one with the package works (the package's code) but says how to refresh it, and the
+    upload refuses it until it is saved again."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vanilla_transformer_version"] == "0.3.0"
+    if recorded is None:
+        del config["vanilla_transformer_version"]
+    else:
+        config["vanilla_transformer_version"] = recorded
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"saved by hf_vanilla_transformer (before 0\.3\.0|0\.2\.0), whose code files"):
+        check_model_folder(folder)
+    with caplog.at_level(logging.WARNING, logger="hf_vanilla_transformer"):
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("decode wrongly with transformers >= 5.24" in m and "save_pretrained" in m for m in messages), messages
+    model.save_pretrained(folder)  # the refresh the message asks for
+    assert json.loads((folder / "config.json").read_text())["vanilla_transformer_version"] == "0.3.0"
+    check_model_folder(folder, online=False)
+
+
 def recorded_upload(monkeypatch) -> list:
     import huggingface_hub
 
@@ -208,10 +238,17 @@ def test_translate_command_reads_stdin_and_keeps_order(model_folder, tmp_path):
     lines = ["Aug 3, 2001", "", "twelve", "Friday, August 26, 1955"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "hf_vanilla_transformer.translation", str(model_folder), "--batch_tokens", "8"]
+    # the console command a user runs, which must print no warning (a deprecation, a FutureWarning) on stderr
+    command = [
+        str(Path(sys.executable).parent / "vanilla-transformer-translate"),
+        str(model_folder),
+        "--batch_tokens",
+        "8",
+    ]
     with open(tmp_path / "in.txt") as stdin:
         result = subprocess.run(command, stdin=stdin, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr and "deprecat" not in result.stderr.lower(), result.stderr[-3000:]
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     model = AutoModelForSeq2SeqLM.from_pretrained(model_folder).eval()

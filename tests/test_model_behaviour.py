@@ -23,10 +23,10 @@ def test_kv_cached_incremental_decoding_equals_a_full_forward():
                 encoder_outputs=encoder_outputs,
                 attention_mask=mask,
                 decoder_input_ids=decoder_ids[:, t : t + 1],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
-            cache = out.past_key_values
+            cache = out.cache
             steps.append(out.logits)
     assert isinstance(cache, EncoderDecoderCache) and cache.get_seq_length() == decoder_ids.shape[1]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
@@ -102,14 +102,14 @@ def test_return_dict_false_returns_a_tuple():
     torch.testing.assert_close(as_tuple[1], as_dict.logits)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_gives_the_same_gradients():
     ids, mask, labels = random_batch()
     grads = []
     for checkpointing in (False, True):
         model = tiny_model(dropout=0.0).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
-            assert model.is_gradient_checkpointing
+            model.activation_checkpointing_enable()
+            assert model.is_activation_checkpointing
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])

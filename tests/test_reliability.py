@@ -191,8 +191,8 @@ def test_properties_shapes_cache_parity_padding_invariance_no_nan(case):
         cache, steps = None, []
         for t in range(target_length):
             out = model(encoder_outputs=(full.encoder_last_hidden_state,), attention_mask=mask,
-                        decoder_input_ids=decoder_ids[:, t : t + 1], past_key_values=cache, use_cache=True)  # fmt: skip
-            cache = out.past_key_values
+                        decoder_input_ids=decoder_ids[:, t : t + 1], cache=cache, use_cache=True)  # fmt: skip
+            cache = out.cache
             steps.append(out.logits)
         torch.testing.assert_close(torch.cat(steps, 1), full.logits, atol=1e-5, rtol=1e-5)
         # padding invariance: each sentence alone equals its row of the padded batch

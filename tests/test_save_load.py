@@ -53,8 +53,9 @@ def test_saved_folder_has_code_and_auto_map(tmp_path):
         "model.safetensors",
         "modeling_vanilla_transformer.py",
         "configuration_vanilla_transformer.py",
-        "generation_vanilla_transformer.py",  # imported by the modeling file: remote code needs all four
+        "generation_vanilla_transformer.py",  # imported by the modeling file: remote code needs all five
         "loss_vanilla_transformer.py",
+        "compatibility_vanilla_transformer.py",
     } <= names
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {

@@ -59,7 +59,7 @@ def test_a_tiny_run_writes_a_hub_ready_model_and_scores_it(tmp_path):
     names = set(os.listdir(model_dir))
     assert {"model.safetensors", "config.json", "generation_config.json", "modeling_vanilla_transformer.py",
             "configuration_vanilla_transformer.py", "generation_vanilla_transformer.py",
-            "loss_vanilla_transformer.py", "tokenizer.json", "tokenizer_config.json",
+            "loss_vanilla_transformer.py", "compatibility_vanilla_transformer.py", "tokenizer.json", "tokenizer_config.json",
             "learning_curve.png", "results.json"} <= names  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["averaged_checkpoints"] == ["checkpoint-4", "checkpoint-6"]

@@ -23,6 +23,8 @@ import json
 import re
 from pathlib import Path
 
+from hf_vanilla_transformer.compatibility_vanilla_transformer import saved_with_stale_code
+
 REQUIRED = {
     "model.safetensors": "the weights",
     "config.json": "the model config",
@@ -31,6 +33,7 @@ REQUIRED = {
     "modeling_vanilla_transformer.py": "the modeling code (for trust_remote_code)",
     "generation_vanilla_transformer.py": "the decoding code the modeling code imports (for trust_remote_code)",
     "loss_vanilla_transformer.py": "the loss code the modeling code imports (for trust_remote_code)",
+    "compatibility_vanilla_transformer.py": "the transformers version check the code imports (for trust_remote_code)",
     "tokenizer.json": "the tokenizer",
     "tokenizer_config.json": "the tokenizer config",
     "README.md": "the model card",
@@ -104,6 +107,12 @@ def check_model_folder(folder: str | Path, online: bool = False, skip_unsafe: bo
     if absent:
         raise ValueError(
             f"{folder}/config.json has no auto_map entry for {', '.join(absent)}: save it with save_pretrained."
+        )
+    if saved_with_stale_code(config.get("vanilla_transformer_version")):
+        raise ValueError(
+            f"{folder} was saved by hf_vanilla_transformer {config.get('vanilla_transformer_version') or 'before 0.3.0'},"
+            " whose code files decode wrongly with transformers >= 5.24 under trust_remote_code. Load it and save it "
+            "again (model.save_pretrained(folder)) to refresh them, then push."
         )
     check_card(folder / "README.md", online=online)
     return sorted(p for p in folder.iterdir() if p not in unsafe and p.is_file() and p.suffix in UPLOADED_SUFFIXES)
