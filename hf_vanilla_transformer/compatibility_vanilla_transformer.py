@@ -13,9 +13,9 @@ whatever transformers its user has. So the modeling file calls `check_transforme
 This module does not import torch (the configuration imports `PACKAGE_VERSION` from it).
 """
 
+import importlib.metadata
 import inspect
 
-import transformers
 from packaging.version import Version
 from transformers.utils import logging
 
@@ -76,7 +76,7 @@ def library_contract_problems() -> list[str]:
 
 def check_transformers_version(version: str | None = None) -> None:
     """Refuses a transformers this code would decode wrongly with (see the module docstring)."""
-    version = transformers.__version__ if version is None else version
+    version = importlib.metadata.version("transformers") if version is None else version
     if Version(version) < Version(OLDEST_TRANSFORMERS):
         raise ImportError(
             f"This Transformer model's code needs transformers >= {OLDEST_TRANSFORMERS} (tested: {_tested_range()}); "

@@ -394,3 +394,30 @@ def test_hook_changes_are_named_by_the_import_time_check(monkeypatch):
     assert compatibility.library_contract_problems() == [
         "GenerationMixin._check_early_stop_heuristic no longer takes decoder_prompt_len"
     ]
+
+
+def test_a_saved_folders_code_refuses_an_older_transformers_where_the_package_is_not_installed(tmp_path):
+    """The check runs when the copied modeling file is imported as remote code (here with the installed
+    transformers' version read as 5.23.0, the last release that passes the cache as `past_key_values`)."""
+    import subprocess
+    import textwrap
+
+    from conftest import python_without_this_package
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    python, env = python_without_this_package(tmp_path)
+    code = textwrap.dedent(
+        f"""
+        import importlib.metadata
+        real_version = importlib.metadata.version
+        importlib.metadata.version = lambda name: "5.23.0" if name == "transformers" else real_version(name)
+        from transformers import AutoModelForSeq2SeqLM
+        try:
+            AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        except ImportError as error:
+            print("REFUSED", error)
+        """
+    )
+    result = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "REFUSED This Transformer model's code needs transformers >= 5.24.0" in result.stdout, result.stderr[-2000:]
+    assert "transformers 5.23.0 is installed" in result.stdout
