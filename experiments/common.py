@@ -112,6 +112,7 @@ class Run:
     dev_chrf: float = math.nan
     seconds: float = 0.0
     other_dev: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {"nll", "perplexity", "bleu"}
+    model: Any = field(default=None, repr=False)  # the trained model
 
     @property
     def dev_perplexity(self) -> float:
@@ -181,6 +182,7 @@ def train_run(
             bleu, chrf = dev_scores(model, data.tokenizer, sources, references)
             run.other_dev[name] = {"nll": nll, "perplexity": math.exp(min(nll, 50)), "bleu": bleu, "chrf": chrf}
     run.seconds = time.perf_counter() - started
+    run.model = model
     return run
 
 

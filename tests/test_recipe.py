@@ -16,9 +16,17 @@ from datasets import DatasetDict
 from transformers import AutoTokenizer, get_inverse_sqrt_schedule
 
 from hf_vanilla_transformer_training.average_checkpoints import average_checkpoints
-from hf_vanilla_transformer_training.data import build_demo_corpus, clean_split, load_translation_data
+from hf_vanilla_transformer_training.data import (
+    DEMO_CATEGORIES,
+    build_demo_corpus,
+    clean_split,
+    demo_category,
+    english_number,
+    load_translation_data,
+    stratified_subset,
+)
 from hf_vanilla_transformer_training.tokenizer import SPECIAL_IDS, check_tokenizer_matches_config, train_bpe_tokenizer
-from hf_vanilla_transformer_training.train import TokenBatchSampler, translation_scores
+from hf_vanilla_transformer_training.train import TokenBatchSampler, loss_spikes, translation_scores
 
 
 def paper_lrate(step: int, d_model: int, warmup_steps: int = 4000) -> float:
@@ -204,6 +212,85 @@ def test_checkpoint_averaging_is_the_mean_of_the_weights(tmp_path):
         expected = sum(m.state_dict()[name].double() for m in models) / 3
         torch.testing.assert_close(tensor.double(), expected, atol=1e-7, rtol=1e-6)
     assert averaged.lm_head.weight is averaged.get_input_embeddings().weight
+
+
+def test_every_demo_source_has_one_translation_and_may_dates_take_the_long_form():
+    """ "May 26, 1955" is Babel's long and medium English date at once, with two German forms; the corpus gives such a
+    source the long one, so no source has two translations (before 0.3.0 the form was a coin toss)."""
+    import datetime
+    import random
+
+    from babel.dates import format_date
+
+    from hf_vanilla_transformer_training.data import demo_pair
+
+    date = datetime.date(1955, 5, 26)
+    assert format_date(date, "long", locale="en_US") == format_date(date, "medium", locale="en_US") == "May 26, 1955"
+    rng, seen = random.Random(3), {}
+    for _ in range(20_000):
+        source, target = demo_pair(rng)
+        assert seen.setdefault(source, target) == target, source
+        if source.startswith("May ") and source.count(",") == 1:
+            assert target == format_date(datetime.datetime.strptime(source, "%B %d, %Y").date(), "long", locale="de_DE")
+
+
+def test_demo_categories_are_read_from_the_source_text():
+    from num2words import num2words
+
+    rng = __import__("random").Random(0)
+    for _ in range(3000):
+        n = rng.randint(0, 9_999_999)
+        assert english_number(num2words(n, lang="en")) == n  # an independent truth: num2words itself
+    assert demo_category("Friday, August 26, 1955") == "date, full"
+    assert demo_category("August 26, 1955") == demo_category("May 26, 1955") == "date, long"
+    assert demo_category("Aug 26, 1955") == "date, medium"
+    assert demo_category("seven thousand, nine hundred and sixty-one") == "number, 4 digits"
+    assert demo_category("nine hundred and ninety-nine") == demo_category("zero") == "number, 1-3 digits"
+    assert demo_category(num2words(1_000_000, lang="en")) == "number, 7 digits"
+    assert demo_category("Hello world") is None and english_number("") is None
+    corpus = build_demo_corpus(num_pairs=3000, validation_size=200, test_size=300, seed=1)
+    assert {demo_category(p["en"]) for p in corpus["train"]["translation"]} == set(DEMO_CATEGORIES)
+
+
+def test_the_validation_subset_keeps_the_categories_in_proportion():
+    corpus = build_demo_corpus(num_pairs=6000, validation_size=2000, test_size=100, seed=2)
+    rows = corpus["validation"]
+    counts = {}
+    for pair in rows["translation"]:
+        counts[demo_category(pair["en"])] = counts.get(demo_category(pair["en"]), 0) + 1
+    subset = stratified_subset(rows, 500, "en")
+    sub_counts = {}
+    for pair in subset["translation"]:
+        sub_counts[demo_category(pair["en"])] = sub_counts.get(demo_category(pair["en"]), 0) + 1
+    assert len(subset) == 500
+    for name, count in counts.items():
+        assert abs(sub_counts.get(name, 0) - count * 500 / 2000) <= 1, name  # proportional to within rounding
+    other = DatasetDict({"x": corpus["test"].map(lambda r: {"translation": {"en": "x " + r["translation"]["en"],
+                                                                            "de": r["translation"]["de"]}})})["x"]  # fmt: skip
+    assert stratified_subset(other, 10, "en")["translation"] == other.select(range(10))["translation"]
+
+
+def test_spikes_are_found_relative_to_the_running_minimum_after_the_warm_up():
+    history = [{"step": s, "loss": loss, "grad_norm": 1.0} for s, loss in
+               [(10, 9.0), (20, 12.0), (30, 3.0), (40, 2.0), (50, 2.4), (60, 2.6), (70, 1.9), (80, 1.95)]]  # fmt: skip
+    history.append({"step": 90, "loss": 1.9, "grad_norm": 50.0})
+    history.append({"step": 95, "eval_loss": 5.0})  # not a training log
+    spikes = loss_spikes(history, warmup_steps=25)
+    # 12.0 > 1.25 * 9.0 is in the warm-up; 2.6 > 1.25 * 2.0 is one; 2.4 is not (1.2x); the gradient norm 50 is one
+    assert [s["step"] for s in spikes] == [60, 90]
+    assert spikes[0]["lowest_loss_before"] == 2.0
+
+
+def test_translation_scores_by_category():
+    sources = ["seven thousand, nine hundred and sixty-one", "Aug 26, 1955", "Aug 27, 1955", "twelve"]
+    references = ["siebentausendneunhunderteinundsechzig", "26.08.1955", "27.08.1955", "zwölf"]
+    hypotheses = ["siebentausendneunhunderteinundsechzig", "26.08.1955", "27.08.1956", "zwölf"]
+    scores = translation_scores(hypotheses, references, sources)
+    assert scores["exact_match"] == 75.0
+    assert scores["exact_match_by_category"] == {"number, 1-3 digits": 100.0, "number, 4 digits": 100.0,
+                                                 "date, medium": 50.0}  # fmt: skip
+    assert scores["pairs_by_category"] == {"number, 1-3 digits": 1, "number, 4 digits": 1, "date, medium": 2}
+    assert "exact_match_by_category" not in translation_scores(hypotheses, references, ["hello", *sources[1:]])
 
 
 def test_translation_scores():

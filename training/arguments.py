@@ -205,6 +205,8 @@ class RunArguments:
             "lr_scheduler_type": SchedulerType(t.lr_scheduler_type).value,
             "warmup_steps": t.warmup_steps,
             "seed": t.seed,
+            # the corpus, its split, the BPE and the batch order (absent when not given: runs recorded before it)
+            **({"data_seed": t.data_seed} if t.data_seed is not None else {}),
         }
 
 

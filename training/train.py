@@ -63,7 +63,7 @@ from .average_checkpoints import (
     complete_checkpoints,
     first_difference,
 )
-from .data import clean_split, load_translation_data
+from .data import DEMO_CATEGORIES, clean_split, demo_category, load_translation_data, stratified_subset
 from .model_card import check_card, render_card, result_lines
 from .tokenizer import check_tokenizer_matches_config, load_tokenizer, train_bpe_tokenizer
 
@@ -265,8 +265,18 @@ class LossRiseCallback(TrainerCallback):
 
     def __init__(self):
         self.reported = False
+        self.spikes_reported = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            spikes = loss_spikes(state.log_history, args.warmup_steps)
+            for spike in spikes[self.spikes_reported :]:
+                print(
+                    f"[train] WARNING: a spike at step {spike['step']}: loss {spike['loss']:.3g} (lowest before "
+                    f"{spike['lowest_loss_before']:.3g}), gradient norm {spike['grad_norm']}.",
+                    file=sys.stderr,
+                )
+            self.spikes_reported = len(spikes)
         if not self.reported and state.is_world_process_zero and (rise := loss_rise(state.log_history)):
             self.reported = True
             print(
@@ -274,6 +284,32 @@ class LossRiseCallback(TrainerCallback):
                 f"at step {state.global_step}: the run may be diverging (learning rate too high, warm-up too short).",
                 file=sys.stderr,
             )
+
+
+# After the warm-up, a logged training loss above this multiple of the lowest logged before it, or a gradient norm
+# above GRAD_SPIKE_FACTOR times the median of those logged before it, is a spike: a jump that can erase what the
+# model learned. Reported as it happens and recorded in results.json (`loss_spikes`).
+SPIKE_FACTOR = 1.25
+GRAD_SPIKE_FACTOR = 10.0
+
+
+def loss_spikes(log_history: list[dict[str, Any]], warmup_steps: int) -> list[dict[str, float]]:
+    """The logged steps after the warm-up whose loss or gradient norm spiked (see SPIKE_FACTOR), in order."""
+    import statistics
+
+    spikes, lowest, norms = [], math.inf, []
+    for entry in log_history:
+        if "loss" not in entry:
+            continue
+        step, loss, norm = entry.get("step", 0), entry["loss"], entry.get("grad_norm")
+        if step > warmup_steps and (loss > SPIKE_FACTOR * lowest or (
+            norm is not None and len(norms) >= 5 and norm > GRAD_SPIKE_FACTOR * statistics.median(norms)
+        )):  # fmt: skip
+            spikes.append({"step": step, "loss": loss, "lowest_loss_before": lowest, "grad_norm": norm})
+        lowest = min(lowest, loss)
+        if norm is not None and math.isfinite(norm):
+            norms.append(norm)
+    return spikes
 
 
 def loss_rise(log_history: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -339,55 +375,99 @@ class SaveAtEndCallback(TrainerCallback):
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
-def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """sacreBLEU's BLEU and chrF on detokenized text, and the exact-match rate (percentages)."""
+def translation_scores(
+    hypotheses: list[str], references: list[str], sources: list[str] | None = None
+) -> dict[str, Any]:
+    """sacreBLEU's BLEU and chrF on detokenized text, and the exact-match rate (percentages). With the `sources` of
+    the demo corpus also `exact_match_by_category` (category -> percent, DEMO_CATEGORIES' order): on this corpus BLEU
+    weighs mostly the dates and chrF mostly the numbers, so neither shows which half a model gets wrong."""
     import sacrebleu
 
-    return {
+    exact = [h == r for h, r in zip(hypotheses, references, strict=True)]
+    scores: dict[str, Any] = {
         "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
         "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-        "exact_match": 100.0 * sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references),
+        "exact_match": 100.0 * sum(exact) / len(references),
     }
+    categories = [demo_category(source) for source in sources] if sources is not None else [None]
+    if None not in categories:
+        hits: dict[str, list[bool]] = {name: [] for name in DEMO_CATEGORIES}
+        for category, hit in zip(categories, exact, strict=True):
+            hits[category].append(hit)
+        scores["exact_match_by_category"] = {name: 100.0 * sum(h) / len(h) for name, h in hits.items() if h}
+        scores["pairs_by_category"] = {name: len(h) for name, h in hits.items() if h}
+    return scores
 
 
-def make_compute_metrics(tokenizer):
+def category_key(category: str) -> str:
+    """A metric name for a category: "number, 4 digits" -> "exact_number_4_digits"."""
+    return "exact_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+
+
+def make_compute_metrics(tokenizer, sources: list[str] | None = None):
+    """The Trainer's validation metrics; `sources` are the validation set's sources in order (the evaluation reads
+    it in order), for the exact match per category (flat: `exact_number_4_digits`, ...)."""
+
     def compute_metrics(prediction) -> dict[str, float]:
         predictions, labels = prediction.predictions, prediction.label_ids
         predictions = [[t for t in row if 0 <= t < len(tokenizer)] for row in predictions.tolist()]
         labels = [[t for t in row if t != -100] for row in labels.tolist()]
         hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
         references = tokenizer.batch_decode(labels, skip_special_tokens=True)
-        return translation_scores(hypotheses, references)
+        in_order = sources is not None and len(sources) == len(hypotheses)
+        scores = translation_scores(hypotheses, references, sources if in_order else None)
+        by_category = scores.pop("exact_match_by_category", {})
+        scores.pop("pairs_by_category", None)
+        return {**scores, **{category_key(name): value for name, value in by_category.items()}}
 
     return compute_metrics
 
 
 def plot_learning_curve(log_history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation NLL per token (left), validation exact match per demo category, or BLEU for
+    other data (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    valid = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    bleu = [(e["step"], e["eval_bleu"]) for e in log_history if "eval_bleu" in e]
-    figure, loss_axis = plt.subplots(figsize=(7, 4))
-    if train:
-        loss_axis.plot(*zip(*train, strict=True), label="training loss", color="tab:blue")
-    if valid:
-        loss_axis.plot(*zip(*valid, strict=True), "o-", label="validation loss", color="tab:cyan")
+    def series(key: str) -> list[tuple[int, float]]:
+        return [(e["step"], e[key]) for e in log_history if key in e]
+
+    figure, loss_axis = plt.subplots(figsize=(8, 4.5))
+    for key, style, label, color in (("loss", "-", "training loss (label-smoothed)", "tab:blue"),
+                                     ("eval_loss", "o-", "validation loss (label-smoothed)", "tab:cyan"),
+                                     ("eval_nll", "o--", "validation NLL per token", "tab:purple")):  # fmt: skip
+        if points := series(key):
+            loss_axis.plot(*zip(*points, strict=True), style, label=label, color=color)
     loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("label-smoothed cross-entropy")
-    loss_axis.legend(loc="upper left")
-    if bleu:
-        bleu_axis = loss_axis.twinx()
-        bleu_axis.plot(*zip(*bleu, strict=True), "s-", color="tab:red", label="validation BLEU")
-        bleu_axis.set_ylabel("BLEU")
-        bleu_axis.legend(loc="upper right")
+    loss_axis.set_ylabel("nats per target token")
+    loss_axis.legend(loc="upper left", fontsize=8)
+    categories = [(name, series("eval_" + category_key(name))) for name in DEMO_CATEGORIES]
+    categories = [(name, points) for name, points in categories if points]
+    score_axis = loss_axis.twinx()
+    if categories:
+        for name, points in categories:
+            score_axis.plot(*zip(*points, strict=True), "s-", markersize=3, label=name)
+        score_axis.set_ylabel("validation exact match (%)")
+        score_axis.set_ylim(0, 100)
+        score_axis.legend(loc="center right", fontsize=7)
+    elif bleu := series("eval_bleu"):
+        score_axis.plot(*zip(*bleu, strict=True), "s-", color="tab:red", label="validation BLEU")
+        score_axis.set_ylabel("BLEU")
+        score_axis.legend(loc="upper right")
     loss_axis.set_title("Learning curve")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def category_table(scores: dict[str, Any]) -> str:
+    """The per-category exact match of a scored split as a small text table (for the end of a demo run)."""
+    lines = [f"  {'category':22s} {'pairs':>6s} {'exact match':>12s}"]
+    for name, value in scores["exact_match_by_category"].items():
+        lines.append(f"  {name:22s} {scores['pairs_by_category'][name]:6d} {value:11.2f}%")
+    return "\n".join(lines)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
@@ -632,8 +712,12 @@ def prepare_tokenizer(run: RunArguments, train_rows, output_dir: Path, resume: P
         return AutoTokenizer.from_pretrained(folder)
     langs = (run.data.source_lang, run.data.target_lang)
     texts = (pair[lang] for pair in train_rows["translation"] for lang in langs)
+    started = time.perf_counter()
+    print(f"[tokenizer] training a {model_args.vocab_size}-piece BPE vocabulary on the {len(train_rows)} training "
+          f"pairs (both languages) ...", flush=True)  # fmt: skip
     tokenizer = train_bpe_tokenizer(texts, vocab_size=model_args.vocab_size)
     tokenizer.save_pretrained(folder)
+    print(f"[tokenizer] done in {time.perf_counter() - started:.0f} s: {folder}", flush=True)
     return tokenizer
 
 
@@ -756,7 +840,8 @@ def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
 
     data = load_translation_data(
         data_args.dataset_name, data_args.dataset_config_name, data_args.source_lang, data_args.target_lang,
-        data_args.train_file, data_args.validation_file, data_args.test_file, data_args.demo_pairs, training.seed,
+        data_args.train_file, data_args.validation_file, data_args.test_file, data_args.demo_pairs,
+        training.data_seed if training.data_seed is not None else training.seed,
         cache_dir=model_args.cache_dir, token=model_args.token,
     )  # fmt: skip
     data = {
@@ -776,11 +861,12 @@ def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
     train_set = tokenize_split(data["train"], tokenizer, data_args, "train") if training.do_train else None
     if train_set is not None:
         check_batch_size(train_set, paper.max_tokens, training)
-    eval_set = None
+    eval_set, eval_sources = None, None
     if training.do_eval and data.get("validation") is not None:
-        rows = data["validation"]
-        eval_set = tokenize_split(rows.select(range(min(data_args.max_eval_samples or len(rows), len(rows)))),
-                                  tokenizer, data_args, "validation")  # fmt: skip
+        rows = stratified_subset(data["validation"], data_args.max_eval_samples or len(data["validation"]),
+                                 data_args.source_lang)  # fmt: skip
+        eval_set = tokenize_split(rows, tokenizer, data_args, "validation")
+        eval_sources = [(data_args.source_prefix or "") + p[data_args.source_lang] for p in rows["translation"]]
 
     if model_args.model_name_or_path is not None:
         model = VanillaTransformerForConditionalGeneration.from_pretrained(
@@ -811,7 +897,7 @@ def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
         eval_dataset=eval_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
-        compute_metrics=make_compute_metrics(tokenizer),
+        compute_metrics=make_compute_metrics(tokenizer, eval_sources),
         callbacks=callbacks,
         max_tokens=paper.max_tokens,
     )
@@ -890,6 +976,7 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
         "device": f"{trainer.args.world_size} x {trainer.args.device.type}",
         "log_history": trainer.state.log_history,
     }
+    results["loss_spikes"] = loss_spikes(trainer.state.log_history, run.training.warmup_steps)
     if rise := loss_rise(trainer.state.log_history):
         results["loss_rise"] = rise
         print(f"[train] WARNING: the last logged training loss {rise['last_loss']:.3g} is far above the first "
@@ -906,10 +993,11 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
         sources = [prefix + p[data_args.source_lang] for p in pairs]
         references = [p[data_args.target_lang] for p in pairs]
         start = time.perf_counter()
-        num_beams = data_args.num_beams or run.training.generation_num_beams
-        beams = {"num_beams": num_beams} if num_beams else {}
+        # --num_beams, else the model's own decoding (for a new model the paper's beam 4); --generation_num_beams is
+        # the validation's (the Trainer's) alone.
+        beams = {"num_beams": data_args.num_beams} if data_args.num_beams else {}
         hypotheses = translate(model, tokenizer, sources, **beams)
-        scores = translation_scores(hypotheses, references)
+        scores = translation_scores(hypotheses, references, [p[data_args.source_lang] for p in pairs])
         results["test"] = {**scores, "pairs": len(pairs), "decode_seconds": round(time.perf_counter() - start, 1)}
         results["test_examples"] = [
             {"source": s, "reference": r, "hypothesis": h}
@@ -920,6 +1008,8 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
             f"[test] {len(pairs)} pairs, {described}: "
             f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}  exact match {scores['exact_match']:.2f}%"
         )
+        if "exact_match_by_category" in scores:
+            print(category_table(scores))
         pictures = attention_maps(model, tokenizer, sources[0], model_dir)
         write_demo_card(run, model, results, checkpoints, pictures, model_dir, example=sources[0])
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
