@@ -368,3 +368,28 @@ def test_train_py_configures_the_papers_schedule_adam_and_no_clipping(tmp_path):
     # --save_minutes with a tiny interval: a checkpoint after every step, although --save_steps is 1000.
     saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert saved == list(range(1, steps + 1))
+
+
+def test_the_cooldown_is_a_named_deviation_that_ends_the_papers_rate_at_zero(tmp_path):
+    """--cooldown_steps C (off by default): the paper's rate times min(1, (T - s) / C) at schedule step s of T, so the
+    last C updates fall linearly towards 0; the steps before are the paper's rate exactly."""
+    from hf_vanilla_transformer_training.train import main
+
+    out = tmp_path / "run"
+    d_model, warmup, scale, steps, cooldown = 32, 4, 3.0, 10, 4
+    main(["--output_dir", str(out), "--preset", "tiny", "--vocab_size", "200", "--demo_pairs", "1400",
+          "--max_tokens", "800", "--warmup_steps", str(warmup), "--lr_scale", str(scale), "--logging_steps", "1",
+          "--max_steps", str(steps), "--cooldown_steps", str(cooldown), "--save_steps", "1000", "--eval_steps", "1000",
+          "--average_last", "1", "--skip_test", "--disable_tqdm", "true"])  # fmt: skip
+    state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    logged = [(entry["step"], entry["learning_rate"]) for entry in state["log_history"] if "learning_rate" in entry]
+    assert [step for step, _ in logged] == list(range(1, steps + 1))
+    for step, rate in logged:
+        s = step - 1  # the schedule step the update used (see the test above)
+        paper = d_model**-0.5 * min(s**-0.5, s * warmup**-1.5) * scale if s > 0 else 0.0
+        expected = paper * min(1.0, (steps - s) / cooldown)
+        assert rate == pytest.approx(expected, rel=1e-6, abs=1e-12), (step, rate, expected)
+    assert logged[-1][1] > 0 and logged[-1][1] < logged[-cooldown - 1][1] / 3
+    assert json.loads((out / "run_arguments.json").read_text())["cooldown_steps"] == cooldown
+    with pytest.raises(SystemExit, match=r"--cooldown_steps 11: expected a number of steps from 0 to --max_steps"):
+        main(["--output_dir", str(tmp_path / "bad"), "--preset", "tiny", "--max_steps", "10", "--cooldown_steps", "11"])

@@ -130,6 +130,13 @@ class PaperArguments:
         default=5, metadata={"help": "Average the last K checkpoints into the published model (paper: 5 / 20)."}
     )
     save_minutes: float | None = field(default=None, metadata={"help": "Also save every N minutes (paper: 10)."})
+    cooldown_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Deviation from the paper when > 0: over the last N steps the learning rate falls linearly from "
+            "the schedule's value to 0 (a cool-down; the paper's rate stays at 1/sqrt(step) to the end)."
+        },
+    )
     skip_test: bool = field(default=False, metadata={"help": "Do not score the test split."})
     overwrite_output_dir: bool = field(
         default=False,
@@ -205,6 +212,7 @@ class RunArguments:
             "lr_scheduler_type": SchedulerType(t.lr_scheduler_type).value,
             "warmup_steps": t.warmup_steps,
             "seed": t.seed,
+            **({"cooldown_steps": self.paper.cooldown_steps} if self.paper.cooldown_steps else {}),
             # the corpus, its split, the BPE and the batch order (absent when not given: runs recorded before it)
             **({"data_seed": t.data_seed} if t.data_seed is not None else {}),
         }
@@ -369,6 +377,11 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
                 "give --warmup_steps >= 1, or another --lr_scheduler_type with a --learning_rate."
             )
         training.lr_scheduler_kwargs = {"timescale": int(training.warmup_steps)}
+    if not 0 <= paper.cooldown_steps <= max(training.max_steps, 0):
+        raise SystemExit(
+            f"--cooldown_steps {paper.cooldown_steps}: expected a number of steps from 0 to --max_steps "
+            f"({training.max_steps})."
+        )
     if "learning_rate" not in given:
         if training.warmup_steps <= 0:
             raise SystemExit("The paper's peak learning rate needs --warmup_steps >= 1; or give --learning_rate.")

@@ -140,9 +140,24 @@ class TokenBatchSampler(Sampler[list[int]]):
 class TokenBatchingTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose training batches come from a TokenBatchSampler."""
 
-    def __init__(self, *args: Any, max_tokens: int, **kwargs: Any):
+    def __init__(self, *args: Any, max_tokens: int, cooldown_steps: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.max_tokens = max_tokens
+        self.max_tokens, self.cooldown_steps = max_tokens, cooldown_steps
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The library's schedule (the paper's: --lr_scheduler_type inverse_sqrt), times a linear cool-down to 0 over
+        the last --cooldown_steps steps. Deviation from the paper when --cooldown_steps > 0; the library has no
+        cool-down on top of inverse_sqrt (its warmup_stable_decay holds the rate constant instead)."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.cooldown_steps and not getattr(scheduler, "cooled_down", False):
+            schedules, cooldown = scheduler.lr_lambdas, self.cooldown_steps
+
+            def cooled(schedule):
+                return lambda step: schedule(step) * min(1.0, (num_training_steps - step) / cooldown)
+
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(scheduler.optimizer, [cooled(f) for f in schedules])
+            self.lr_scheduler.cooled_down = True
+        return self.lr_scheduler
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self._remove_unused_columns(self.train_dataset, description="Training")
@@ -900,6 +915,7 @@ def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
         compute_metrics=make_compute_metrics(tokenizer, eval_sources),
         callbacks=callbacks,
         max_tokens=paper.max_tokens,
+        cooldown_steps=paper.cooldown_steps,
     )
 
     if training.do_train:
