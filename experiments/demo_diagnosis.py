@@ -60,14 +60,14 @@ def row(label: str, scores: dict[str, Any]) -> list[Any]:
     ]
 
 
-def checkpoints(run_dirs: list[Path]) -> str:
+def checkpoints(run_dirs: list[Path], last: int) -> str:
     """Hypotheses 1 and 3: is exact match still rising at the end; do checkpoints 100-200 steps apart oscillate; does
     averaging a wide or a narrow window help?"""
     header = ["checkpoint / average", "exact %", "chrF", *SHORT.values()]
     tables = []
     for run_dir in run_dirs:
         sources, references = test_split(run_dir)
-        kept = complete_checkpoints(run_dir)
+        kept = complete_checkpoints(run_dir)[-last:]
         rows = [row(c.name, score(c, sources, references, c)) for c in kept]
         steps = [int(c.name.split("-")[1]) for c in kept]
         spacing = steps[-1] - steps[-2] if len(steps) > 1 else 0
@@ -195,13 +195,14 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("checkpoints", "spikes"):
         commands.add_parser(name).add_argument("runs", nargs="+", type=Path)
+    commands.choices["checkpoints"].add_argument("--last", type=int, default=10, help="the newest N checkpoints")
     commands.add_parser("ambiguity").add_argument("model", nargs="?", type=Path)
     bpe_parser = commands.add_parser("bpe")
     bpe_parser.add_argument("--steps", type=int, default=1500)
     bpe_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.command == "checkpoints":
-        text = checkpoints(args.runs)
+        text = checkpoints(args.runs, args.last)
     elif args.command == "spikes":
         text = spikes(args.runs)
     elif args.command == "ambiguity":

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from experiments.common import RESULTS, markdown_table
-
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, translate
 from hf_vanilla_transformer_training.average_checkpoints import complete_checkpoints
 from hf_vanilla_transformer_training.data import DEMO_CATEGORIES, load_translation_data
@@ -57,7 +56,9 @@ def last_checkpoint_scores(folder: Path, corpus_seed: int, demo_pairs: int) -> d
     test = load_translation_data(demo_pairs=demo_pairs, seed=corpus_seed)["test"]["translation"]
     sources, references = [p["en"] for p in test], [p["de"] for p in test]
     model = VanillaTransformerForConditionalGeneration.from_pretrained(last).eval()
-    model.generation_config = VanillaTransformerForConditionalGeneration.from_pretrained(folder / "model").generation_config
+    model.generation_config = VanillaTransformerForConditionalGeneration.from_pretrained(
+        folder / "model"
+    ).generation_config
     with torch.inference_mode():
         hypotheses = translate(model, AutoTokenizer.from_pretrained(last), sources, progress=False)
     return {"checkpoint": last.name, **translation_scores(hypotheses, references, sources)}
@@ -70,7 +71,8 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         f"mean >= {TARGETS['mean_exact']}% exact": statistics.mean(exact) >= TARGETS["mean_exact"],
         f"every category >= {TARGETS['min_category']}% in every run": min(
             min(r["test"]["exact_match_by_category"].values()) for r in rows
-        ) >= TARGETS["min_category"],
+        )
+        >= TARGETS["min_category"],
         f"chrF >= {TARGETS['min_chrf']} in every run": min(r["test"]["chrf"] for r in rows) >= TARGETS["min_chrf"],
         f"spread (max - min exact) <= {TARGETS['max_spread']} points": max(exact) - min(exact) <= TARGETS["max_spread"],
         f"averaged >= last checkpoint {TARGETS['averaged_vs_last']} points": all(

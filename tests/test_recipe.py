@@ -271,14 +271,23 @@ def test_the_validation_subset_keeps_the_categories_in_proportion():
 
 
 def test_spikes_are_found_relative_to_the_running_minimum_after_the_warm_up():
-    history = [{"step": s, "loss": loss, "grad_norm": 1.0} for s, loss in
-               [(10, 9.0), (20, 12.0), (30, 3.0), (40, 2.0), (50, 2.4), (60, 2.6), (70, 1.9), (80, 1.95)]]  # fmt: skip
-    history.append({"step": 90, "loss": 1.9, "grad_norm": 50.0})
-    history.append({"step": 95, "eval_loss": 5.0})  # not a training log
-    spikes = loss_spikes(history, warmup_steps=25)
-    # 12.0 > 1.25 * 9.0 is in the warm-up; 2.6 > 1.25 * 2.0 is one; 2.4 is not (1.2x); the gradient norm 50 is one
-    assert [s["step"] for s in spikes] == [60, 90]
-    assert spikes[0]["lowest_loss_before"] == 2.0
+    """A spike: after the warm-up, the mean loss over the last 200 steps above 1.25x its lowest value before, or a
+    gradient norm above 10x the median before. A single high logged loss (a batch of the harder kind) is none."""
+    from hf_vanilla_transformer_training.train import SPIKE_WINDOW_STEPS
+
+    assert SPIKE_WINDOW_STEPS == 200
+    losses = [3.0] * 30 + [2.0] * 40 + [2.0, 2.0, 4.0, 2.0] * 10 + [2.6] * 30  # logged every 10 steps
+    history = [{"step": 10 * (i + 1), "loss": loss, "grad_norm": 1.0} for i, loss in enumerate(losses)]
+    history[-5]["grad_norm"] = 50.0  # step 1360
+    history.insert(50, {"step": 505, "eval_loss": 9.0})  # not a training log
+    spikes = loss_spikes(history, warmup_steps=250)
+    steps = [s["step"] for s in spikes]
+    # the mixed stretch (steps 710-1100: every 200-step mean is 2.5 = 1.25x 2.0) is none; the sustained 2.6 after it
+    # is (steps 1110-1400, certainly once its mean fills the window, 1300 on), and so is the gradient norm 50 (1360)
+    assert min(steps) > 1100 and set(range(1300, 1410, 10)) <= set(steps)
+    assert next(s for s in spikes if s["step"] == 1360)["grad_norm"] == 50.0
+    assert min(s["lowest_mean_before"] for s in spikes) == 2.0
+    assert not loss_spikes(history[:70], warmup_steps=250)  # the drop from 3.0 and the mixed batches: no spike
 
 
 def test_translation_scores_by_category():
