@@ -99,3 +99,37 @@ def test_every_experiment_runs_in_its_tiny_version(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 5000, name
         json.loads((tmp_path / f"{name}.json").read_text())
     assert "[experiments] all:" in result.stdout
+
+
+def _demo_seeds_row(exact_by_category: dict[str, float], pairs: dict[str, int], last: float, spikes=()):
+    total = sum(pairs.values())
+    exact = sum(exact_by_category[c] * pairs[c] for c in pairs) / total
+    test = {"exact_match": exact, "chrf": 99.5, "bleu": 99.5, "pairs": total,
+            "exact_match_by_category": exact_by_category, "pairs_by_category": pairs}  # fmt: skip
+    return {"corpus_seed": 0, "weight_seed": 0, "test": test, "last_checkpoint": {"exact_match": last},
+            "converged_by": 0.2, "loss_spikes": list(spikes), "train_seconds": 1.0}  # fmt: skip
+
+
+def test_the_demo_seeds_targets_pool_the_numbers_and_fail_when_a_run_misses_them():
+    """experiments/demo_seeds.py: the floor applies to numbers (the digit-count categories pooled by their pair
+    counts), full, long and medium dates; each target is judged on every run."""
+    from experiments import demo_seeds
+
+    pairs = {"number, 1-3 digits": 10, "number, 4 digits": 90, "date, full": 100, "date, long": 100,
+             "date, medium": 100}  # fmt: skip
+    good = {"number, 1-3 digits": 0.0, "number, 4 digits": 100.0, "date, full": 100.0, "date, long": 99.0,
+            "date, medium": 100.0}  # fmt: skip
+    assert demo_seeds.floor_categories(_demo_seeds_row(good, pairs, 99.0)["test"]) == {
+        "numbers": pytest.approx(90.0), "date, full": 100.0, "date, long": 99.0, "date, medium": 100.0}  # fmt: skip
+    small_ok = {**good, "number, 1-3 digits": 50.0}  # numbers pooled: (5 + 90) / 100 = 95%
+    rows = [_demo_seeds_row(small_ok, pairs, 98.0), _demo_seeds_row(small_ok, pairs, 98.0)]
+    _, data = demo_seeds.summarise(rows)
+    assert all(data["checks"].values()), data["checks"]
+    weak = {**small_ok, "date, medium": 90.0}
+    _, data = demo_seeds.summarise([rows[0], _demo_seeds_row(weak, pairs, 97.0, spikes=[{"step": 900}])])
+    failed = {name for name, ok in data["checks"].items() if not ok}
+    assert any(name.startswith("every category") for name in failed)
+    assert any(name.startswith("spread") for name in failed) and "no loss spike after the warm-up" in failed
+    assert any(name.startswith("averaged") for name in failed)  # 96.0 against its last checkpoint's 97.0
+    assert any(name.startswith("every run") for name in failed) and any(name.startswith("mean") for name in failed)
+    assert not any(name.startswith("chrF") or name.startswith("last two") for name in failed)

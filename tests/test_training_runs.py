@@ -15,6 +15,8 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer_training.data import DEMO_CATEGORIES
+from hf_vanilla_transformer_training.train import category_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -65,6 +67,15 @@ def test_a_tiny_run_writes_a_hub_ready_model_and_scores_it(tmp_path):
     assert results["averaged_checkpoints"] == ["checkpoint-4", "checkpoint-6"]
     assert {"bleu", "chrf", "exact_match"} <= set(results["test"]) and results["test"]["pairs"] == 30
     assert any("eval_bleu" in entry for entry in results["log_history"])
+    # The demo's categories: per category in the test scores (pooled by their pair counts, the overall exact match),
+    # in the validation log, and printed as a table at the end; the corpus and the BPE say what they are doing.
+    by_category, pairs = results["test"]["exact_match_by_category"], results["test"]["pairs_by_category"]
+    assert set(by_category) <= set(DEMO_CATEGORIES) and sum(pairs.values()) == 30
+    assert sum(by_category[c] * pairs[c] for c in by_category) / 30 == pytest.approx(results["test"]["exact_match"])
+    assert any("eval_" + category_key("date, full") in entry for entry in results["log_history"])
+    for category in by_category:
+        assert f"  {category:22s} {pairs[category]:6d}" in result.stdout
+    assert "[data] building the demo corpus" in result.stdout and "[tokenizer] done" in result.stdout
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
     assert tokenizer.pad_token_id == model.config.pad_token_id and len(tokenizer) <= model.config.vocab_size
@@ -196,6 +207,23 @@ def test_two_runs_with_one_seed_are_identical(tmp_path):
     run([*common, "--output_dir", str(tmp_path / "b")])
     a, b = final_weights(tmp_path / "a", 3), final_weights(tmp_path / "b", 3)
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.slow
+def test_the_weight_seed_and_the_corpus_seed_are_independent(tmp_path):
+    """`--seed` draws the initial weights (and dropout) only; `--data_seed` the corpus, its split, the BPE and the
+    batch order. One step at the schedule's step 0 (rate 0) leaves the initial weights: another weight seed keeps
+    the tokenizer and changes the weights, another corpus seed changes the tokenizer and keeps the weights."""
+    common = [*TINY, "--max_steps", "1", "--save_steps", "1", "--eval_steps", "1000", "--skip_test", "--average_last",
+              "1"]  # fmt: skip
+    runs = {"a": ("0", "0"), "b": ("1", "0"), "c": ("0", "1")}
+    for name, (seed, data_seed) in runs.items():
+        run([*common, "--output_dir", str(tmp_path / name), "--seed", seed, "--data_seed", data_seed])
+    vocab = {name: (tmp_path / name / "tokenizer" / "tokenizer.json").read_text() for name in runs}
+    assert vocab["a"] == vocab["b"] != vocab["c"]
+    name = "model.encoder.layers.0.self_attn.q_proj.weight"
+    weights = {run_name: final_weights(tmp_path / run_name, 1)[name] for run_name in runs}
+    assert not torch.equal(weights["a"], weights["b"]) and torch.equal(weights["a"], weights["c"])
 
 
 def test_an_unwritable_output_folder_fails_before_training(tmp_path):
