@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml constraints.txt
 #   --lr_scale 0.5              half the formula's peak: 0.5 x 128^-0.5 x 300^-0.5 = 2.55e-3
 #   --cooldown_steps 300        the rate falls linearly to 0 over the last 20% (the paper: inverse sqrt to the end)
 #   --max_grad_norm 1.0         gradient clipping (the paper: none)
-#   --save_steps 60             the 5 averaged checkpoints span the last 16% of the run, inside the cool-down
+#   --save_steps 60 --average_last 2
+#                               the averaged checkpoints span the last 4% of the run (the paper's: ~5%), the end of
+#                               the cool-down; 5 checkpoints 60 steps apart (16%) lost a skill learned in the last
+#                               120 steps in 1 of 6 runs (demo_diagnosis_checkpoints_cooldown.md)
 #   --eval_steps 300 --max_eval_samples 500 --generation_num_beams 1
 #                               greedy validation on 500 stratified pairs; the test split keeps beam 4
 DEMO_ARGS := --output_dir outputs/demo --preset demo --vocab_size 320 --max_tokens 4000 --max_steps 1500 \
-	--warmup_steps 300 --lr_scale 0.5 --cooldown_steps 300 --max_grad_norm 1.0 --save_steps 60 --average_last 5 \
+	--warmup_steps 300 --lr_scale 0.5 --cooldown_steps 300 --max_grad_norm 1.0 --save_steps 60 --average_last 2 \
 	--eval_steps 300 --max_eval_samples 500 --generation_num_beams 1 --logging_steps 50 --resume_from_checkpoint last
 
 demo:

@@ -196,6 +196,7 @@ def main() -> None:
     for name in ("checkpoints", "spikes"):
         commands.add_parser(name).add_argument("runs", nargs="+", type=Path)
     commands.choices["checkpoints"].add_argument("--last", type=int, default=10, help="the newest N checkpoints")
+    commands.choices["checkpoints"].add_argument("--tag", help="writes demo_diagnosis_checkpoints_TAG.md")
     commands.add_parser("ambiguity").add_argument("model", nargs="?", type=Path)
     bpe_parser = commands.add_parser("bpe")
     bpe_parser.add_argument("--steps", type=int, default=1500)
@@ -211,7 +212,8 @@ def main() -> None:
         text = bpe(args.steps, args.seeds)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"demo_diagnosis_{args.command}.md").write_text(text + "\n", encoding="utf-8")
+    name = f"demo_diagnosis_{args.command}" + (f"_{args.tag}" if getattr(args, "tag", None) else "")
+    (RESULTS / f"{name}.md").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -132,4 +132,4 @@ def test_the_demo_seeds_targets_pool_the_numbers_and_fail_when_a_run_misses_them
     assert any(name.startswith("spread") for name in failed) and "no loss spike after the warm-up" in failed
     assert any(name.startswith("averaged") for name in failed)  # 96.0 against its last checkpoint's 97.0
     assert any(name.startswith("every run") for name in failed) and any(name.startswith("mean") for name in failed)
-    assert not any(name.startswith("chrF") or name.startswith("last two") for name in failed)
+    assert not any(name.startswith("chrF") for name in failed)
