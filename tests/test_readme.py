@@ -59,3 +59,16 @@ def test_the_experiment_tables_are_what_the_experiments_wrote(name):
     assert embedded == (README.parent / "experiments" / "results" / f"{name}.md").read_text()
     assert f"![{name}](experiments/results/{name}.png)" in text
     assert (README.parent / "experiments" / "results" / f"{name}.png").is_file()
+
+
+def test_the_demo_distribution_is_what_demo_seeds_wrote():
+    """README "The two commands": the 6-run table is experiments/results/demo_seeds.md as `make demo-seeds` wrote it,
+    and the Makefile's demo recipe is the one it measured."""
+    start, end = "<!-- experiments/results/demo_seeds.md -->\n", "<!-- /experiments/results/demo_seeds.md -->"
+    embedded = README.read_text().split(start, 1)[1].split(end, 1)[0]
+    written = (README.parent / "experiments" / "results" / "demo_seeds.md").read_text()
+    assert embedded == written
+    makefile = (README.parent / "Makefile").read_text()
+    recipe = makefile.split("DEMO_ARGS := ", 1)[1].split("\n\n", 1)[0].replace("\\\n\t", "").split()
+    recipe = [word for word in recipe if word not in ("--output_dir", "outputs/demo")]
+    assert " ".join(recipe) in written.replace("\n", " ")
