@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The main job: build the bundled corpus and the tokenizer, train the demo model on CPU with the paper's recipe,
-# evaluate, average the last 5 checkpoints, score the test split with the paper's beam search, print the exact match
+# evaluate, average the last 2 checkpoints, score the test split with the paper's beam search, print the exact match
 # per category, write outputs/demo/{model,results.json,*.png}. Rerun, it continues from the newest complete
 # checkpoint (or only repeats the averaging and the test). Where it departs from the paper's section 5 (each a
-# budget choice for ~9 minutes on 2 CPU cores; README "The demo's recipe", measured by `make demo-seeds`):
+# budget choice for ~7.5 minutes on 2 CPU cores; the table in README "The two commands", measured by `make demo-seeds`):
 #   --preset demo               a small model: d_model 128, d_ff 512, h 4, N 3
 #   --vocab_size 320            not 37000: ~320 pieces keep German number words compositional (issue 25, H2)
 #   --max_tokens 4000           not 50000 tokens per step
@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml constraints.txt
 #   --save_steps 60 --average_last 2
 #                               the averaged checkpoints span the last 4% of the run (the paper's: ~5%), the end of
 #                               the cool-down; 5 checkpoints 60 steps apart (16%) lost a skill learned in the last
-#                               120 steps in 1 of 6 runs (demo_diagnosis_checkpoints_cooldown.md)
+#                               120 steps in 1 of 6 runs (experiments/results/demo_seeds_average_last_5.md, and
+#                               that run's checkpoints in demo_diagnosis_checkpoints_cooldown.md)
 #   --eval_steps 300 --max_eval_samples 500 --generation_num_beams 1
 #                               greedy validation on 500 stratified pairs; the test split keeps beam 4
 DEMO_ARGS := --output_dir outputs/demo --preset demo --vocab_size 320 --max_tokens 4000 --max_steps 1500 \

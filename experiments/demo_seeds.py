@@ -115,29 +115,50 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return text, {"targets": TARGETS, "checks": checks, "runs": rows}
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weight_seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--corpus_seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (each with cores / parallel threads)")
+    parser.add_argument(
+        "--parallel", type=positive, default=2, help="runs at a time (each with cores / parallel threads)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args, demo_args = parser.parse_known_args()
-    demo_args = [a for a in demo_args if a != "--"]
+    argv = sys.argv[1:]
+    ours, demo_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = parser.parse_args(ours)  # a misspelt option of ours is an error here, not a training argument
+    for name in ("weight_seeds", "corpus_seeds"):
+        if len(set(getattr(args, name))) != len(getattr(args, name)):
+            parser.error(f"--{name} {' '.join(map(str, getattr(args, name)))}: a seed twice would share its run folder")
     started = time.perf_counter()
     grid = [(c, w) for c in args.corpus_seeds for w in args.weight_seeds]
     threads = max(1, (os.cpu_count() or 2) // args.parallel)
     pending, running = list(grid), []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            seeds = pending.pop(0)
-            running.append((seeds, run_one(demo_args, *seeds, threads)))
-        time.sleep(5)
-        for item in [r for r in running if r[1].poll() is not None]:
-            running.remove(item)
-            (corpus_seed, weight_seed), process = item
-            if process.returncode != 0:
-                raise SystemExit(f"[demo-seeds] corpus {corpus_seed} weights {weight_seed} failed: see its train.log")
-            print(f"[demo-seeds] done corpus{corpus_seed}-weights{weight_seed}", flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < args.parallel:
+                seeds = pending.pop(0)
+                running.append((seeds, run_one(demo_args, *seeds, threads)))
+            time.sleep(5)
+            for item in [r for r in running if r[1].poll() is not None]:
+                running.remove(item)
+                (corpus_seed, weight_seed), process = item
+                if process.returncode != 0:
+                    raise SystemExit(
+                        f"[demo-seeds] corpus {corpus_seed} weights {weight_seed} failed: see its train.log"
+                    )
+                print(f"[demo-seeds] done corpus{corpus_seed}-weights{weight_seed}", flush=True)
+    finally:  # a failed or interrupted sweep stops the runs it started (each resumes from its last checkpoint)
+        for _, process in running:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
     rows = []
     for corpus_seed, weight_seed in grid:
         folder = OUTPUTS / f"corpus{corpus_seed}-weights{weight_seed}"

@@ -133,3 +133,20 @@ def test_the_demo_seeds_targets_pool_the_numbers_and_fail_when_a_run_misses_them
     assert any(name.startswith("averaged") for name in failed)  # 96.0 against its last checkpoint's 97.0
     assert any(name.startswith("every run") for name in failed) and any(name.startswith("mean") for name in failed)
     assert not any(name.startswith("chrF") for name in failed)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--parallel", "0"], "--parallel: 0: expected an integer >= 1"),
+     (["--weight_seeds", "0", "0"], "--weight_seeds 0 0: a seed twice would share its run folder"),
+     (["--paralel", "3", "--", "--max_steps", "5"], "unrecognized arguments: --paralel 3")],
+)  # fmt: skip
+def test_demo_seeds_refuses_bad_options_before_starting_a_run(argv, message, monkeypatch, capsys):
+    from experiments import demo_seeds
+
+    started = []
+    monkeypatch.setattr(demo_seeds, "run_one", lambda *args: started.append(args))
+    monkeypatch.setattr(sys, "argv", ["demo_seeds", *argv])
+    with pytest.raises(SystemExit):
+        demo_seeds.main()
+    assert message in capsys.readouterr().err and not started

@@ -402,3 +402,22 @@ def test_the_cooldown_is_a_named_deviation_that_ends_the_papers_rate_at_zero(tmp
     assert json.loads((out / "run_arguments.json").read_text())["cooldown_steps"] == cooldown
     with pytest.raises(SystemExit, match=r"--cooldown_steps 11: expected a number of steps from 0 to --max_steps"):
         main(["--output_dir", str(tmp_path / "bad"), "--preset", "tiny", "--max_steps", "10", "--cooldown_steps", "11"])
+    with pytest.raises(SystemExit, match=r"--cooldown_steps 3 needs --max_steps"):
+        main(["--output_dir", str(tmp_path / "bad"), "--preset", "tiny", "--num_train_epochs", "1", "--cooldown_steps",
+              "3"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--seed", "-1"], r"--seed -1: expected a seed from 0 to 2\*\*32 - 1"),
+     (["--data_seed", "-1"], r"--data_seed -1: expected a seed from 0 to 2\*\*32 - 1"),
+     (["--data_seed", str(2**32)], r"--data_seed 4294967296: expected a seed"),
+     (["--average_last", "0"], r"--average_last 0 is invalid: expected an integer >= 1\.$")],
+)  # fmt: skip
+def test_seeds_and_the_averaging_count_out_of_range_are_refused_by_name(tmp_path, flags, message):
+    """A negative --data_seed would build the corpus of its absolute value (Python's random), a negative --seed
+    fail inside numpy: both are refused before any work, naming the flag."""
+    from hf_vanilla_transformer_training.train import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["--output_dir", str(tmp_path / "bad"), "--preset", "tiny", "--max_steps", "10", *flags])

@@ -227,6 +227,12 @@ def make_parser(description: str | None = None) -> HfArgumentParser:
     )
     # Without a GPU the run is on CPU (so --bf16 means CPU bf16, and several processes all-reduce over gloo).
     parser.set_defaults(**PAPER_TRAINING_DEFAULTS, use_cpu=not torch.cuda.is_available())
+    for action in parser._actions:
+        if action.dest == "data_seed":  # the Trainer's help names the samplers only; here it also makes the corpus
+            action.help = (
+                "The bundled corpus, its split, the BPE vocabulary and the batch order (default: --seed); --seed "
+                "alone then draws the initial weights and dropout."
+            )
     return parser
 
 
@@ -325,8 +331,9 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
     for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
         if getattr(data, name) is not None and getattr(data, name) < 1:
             raise SystemExit(f"--{name} {getattr(data, name)} is invalid: expected an integer >= 1.")
-    if paper.max_tokens < 1 or paper.average_last < 1:
-        raise SystemExit(f"--max_tokens {paper.max_tokens} and --average_last {paper.average_last} must be >= 1.")
+    for flag, value in (("--max_tokens", paper.max_tokens), ("--average_last", paper.average_last)):
+        if value < 1:
+            raise SystemExit(f"{flag} {value} is invalid: expected an integer >= 1.")
     if paper.lr_scale <= 0:
         raise SystemExit(f"--lr_scale {paper.lr_scale} is invalid: expected a number > 0.")
     if paper.save_minutes is not None and paper.save_minutes <= 0:
@@ -377,6 +384,14 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
                 "give --warmup_steps >= 1, or another --lr_scheduler_type with a --learning_rate."
             )
         training.lr_scheduler_kwargs = {"timescale": int(training.warmup_steps)}
+    for flag, seed in (("--seed", training.seed), ("--data_seed", training.data_seed)):
+        if seed is not None and not 0 <= seed < 2**32:
+            raise SystemExit(f"{flag} {seed}: expected a seed from 0 to 2**32 - 1.")
+    if paper.cooldown_steps and training.max_steps <= 0:
+        raise SystemExit(
+            f"--cooldown_steps {paper.cooldown_steps} needs --max_steps (the cool-down ends at the last step); "
+            "give the run's length in steps instead of --num_train_epochs."
+        )
     if not 0 <= paper.cooldown_steps <= max(training.max_steps, 0):
         raise SystemExit(
             f"--cooldown_steps {paper.cooldown_steps}: expected a number of steps from 0 to --max_steps "
