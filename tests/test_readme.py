@@ -38,6 +38,7 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         ("before_after/speed.md", "speed.py"),
         ("opus_mt.md", "opus_mt.py"),
         ("quantized.md", "quantized.py"),
+        ("avx2-decode/speed.md", "speed.py"),
     ],
 )
 def test_the_speed_tables_are_what_the_benchmark_wrote(result, script):
