@@ -285,7 +285,7 @@ def train_in_a_process(arguments: list[str]) -> str:
 
 
 def test_a_run_reports_plain_nll_and_perplexity_warns_nothing_and_resumes_only_explicitly(tmp_path, capfd):
-    from hf_vanilla_transformer_training.data import clean_split, load_translation_data
+    from hf_vanilla_transformer_training.data import clean_split, load_translation_data, stratified_subset
 
     out = tmp_path / "run"
     common = [*TINY, "--output_dir", str(out), "--save_steps", "2", "--eval_steps", "2", "--max_eval_samples", "20",
@@ -298,7 +298,8 @@ def test_a_run_reports_plain_nll_and_perplexity_warns_nothing_and_resumes_only_e
     # so eval_loss is larger than the plain NLL).
     evaluation = next(e for e in results["log_history"] if "eval_nll" in e)
     rows = load_translation_data(demo_pairs=1400)["validation"]
-    pairs = clean_split(rows, "en", "de", 1000, "validation").select(range(20))["translation"]
+    # the 20 validation pairs the run evaluates: --max_eval_samples takes them stratified by demo category
+    pairs = stratified_subset(clean_split(rows, "en", "de", 1000, "validation"), 20, "en")["translation"]
     assert evaluation["eval_nll"] == pytest.approx(independent_nll(out / "checkpoint-2", pairs), rel=1e-4)
     assert evaluation["eval_perplexity"] == pytest.approx(math.exp(evaluation["eval_nll"]), rel=1e-6)
     assert evaluation["eval_loss"] > evaluation["eval_nll"]
