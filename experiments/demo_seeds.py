@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from experiments.common import RESULTS, markdown_table
+from experiments.demo_diagnosis import test_split
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, translate
 from hf_vanilla_transformer_training.average_checkpoints import complete_checkpoints
-from hf_vanilla_transformer_training.data import DEMO_CATEGORIES, NUMBER_CATEGORIES, load_translation_data
+from hf_vanilla_transformer_training.data import DEMO_CATEGORIES, NUMBER_CATEGORIES
 from hf_vanilla_transformer_training.train import category_key, translation_scores
 
 OUTPUTS = Path("outputs/demo-seeds")
@@ -51,17 +52,14 @@ def run_one(args: list[str], corpus_seed: int, weight_seed: int, threads: int) -
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def last_checkpoint_scores(folder: Path, corpus_seed: int, demo_pairs: int) -> dict[str, Any]:
+def last_checkpoint_scores(folder: Path) -> dict[str, Any]:
     """The last checkpoint, decoded as the published model is (its generation config: beam 4, §6.1)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
 
     last = complete_checkpoints(folder)[-1]
-    test = load_translation_data(demo_pairs=demo_pairs, seed=corpus_seed)["test"]["translation"]
-    sources, references = [p["en"] for p in test], [p["de"] for p in test]
+    sources, references = test_split(folder)
     model = VanillaTransformerForConditionalGeneration.from_pretrained(last).eval()
-    model.generation_config = VanillaTransformerForConditionalGeneration.from_pretrained(
-        folder / "model"
-    ).generation_config
+    model.generation_config = GenerationConfig.from_pretrained(folder / "model")
     with torch.inference_mode():
         hypotheses = translate(model, AutoTokenizer.from_pretrained(last), sources, progress=False)
     return {"checkpoint": last.name, **translation_scores(hypotheses, references, sources)}
@@ -163,7 +161,6 @@ def main() -> None:
     for corpus_seed, weight_seed in grid:
         folder = OUTPUTS / f"corpus{corpus_seed}-weights{weight_seed}"
         results = json.loads((folder / "results.json").read_text())
-        recorded = json.loads((folder / "run_arguments.json").read_text())
         validations = [e for e in results["log_history"] if "eval_exact_match" in e]
         converged_by = (
             abs(validations[-1]["eval_exact_match"] - validations[-2]["eval_exact_match"]) if len(validations) > 1
@@ -171,7 +168,7 @@ def main() -> None:
         )  # fmt: skip
         rows.append({
             "corpus_seed": corpus_seed, "weight_seed": weight_seed, "test": results["test"],
-            "last_checkpoint": last_checkpoint_scores(folder, corpus_seed, recorded["demo_pairs"]),
+            "last_checkpoint": last_checkpoint_scores(folder),
             "converged_by": converged_by, "loss_spikes": results.get("loss_spikes", []),
             "validation_curve": [{"step": e["step"], "exact_match": e["eval_exact_match"],
                                   **{c: e.get("eval_" + category_key(c)) for c in DEMO_CATEGORIES}}
