@@ -76,8 +76,8 @@ bench: setup
 	@if [ -f outputs/demo/model/config.json ]; then $(BIN)/python benchmarks/quantized.py; \
 	else echo "[bench] quantized.py skipped: no outputs/demo/model (make demo trains it)"; fi
 
-# The design experiments of README "Why it is built this way" (about 35 minutes on 2 cores); each also runs alone,
-# `python -m experiments.NAME`; writes experiments/results/NAME.{md,json,png}.
+# The design experiments of docs/experiments.md (about 48 minutes on 2 cores; it prints its wall time); each also
+# runs alone, `python -m experiments.NAME`; writes experiments/results/NAME.{md,json,png}.
 experiments: setup
 	$(BIN)/python -m experiments
 

@@ -14,6 +14,7 @@ Each command prints its table and writes it to experiments/results/demo_diagnosi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -151,12 +152,11 @@ def ambiguity(model_dir: Path | None) -> str:
     return markdown_table(["what", "count"], rows)
 
 
-def bpe(steps: int, seeds: list[int]) -> str:
-    """Hypothesis 2 at small scale: numbers only, d_model 64, N 2, BPE 300 against 1000 pieces, paired seeds; dev NLL
-    per token and exact match of the numbers."""
+@functools.cache
+def _numbers_corpus(vocab: int, is_tiny: bool = False):
+    """The numbers of a 60,000-pair demo corpus (500 dev), with a BPE of `vocab` pieces."""
     from experiments import common
     from hf_vanilla_transformer_training.data import build_demo_corpus
-    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
 
     data = build_demo_corpus(num_pairs=60_000, validation_size=2_000, test_size=500, seed=0)
 
@@ -164,28 +164,24 @@ def bpe(steps: int, seeds: list[int]) -> str:
         pairs = [(p["en"], p["de"]) for p in data[split]["translation"]]
         return [(s, t) for s, t in pairs if demo_category(s).startswith("number")]
 
-    train, dev = numbers("train"), numbers("validation")[:500]
+    dev = numbers("validation")[:500]
+    return common.make_corpus(numbers("train"), dev, vocab, [demo_category(s) for s, _ in dev])
+
+
+def bpe(steps: int, seeds: list[int]) -> str:
+    """Hypothesis 2 at small scale: numbers only, d_model 64, N 2, BPE 300 against 1000 pieces, paired seeds; dev NLL
+    per token and exact match of the numbers."""
+    from experiments import common
+
     rows = []
     for vocab in (300, 1000):
-        tokenizer = train_bpe_tokenizer((text for pair in train for text in pair), vocab_size=vocab)
-
-        def encode(pairs: list[tuple[str, str]], tokenizer=tokenizer) -> list[tuple[list[int], list[int]]]:
-            sources = tokenizer([s for s, _ in pairs]).input_ids
-            targets = tokenizer(text_target=[t for _, t in pairs]).input_ids
-            return list(zip(sources, targets, strict=True))
-
-        corpus = common.Corpus(tokenizer, encode(train), [s for s, _ in dev], [t for _, t in dev], encode(dev))
+        corpus = _numbers_corpus(vocab)
         pieces = {p for _, t in corpus.train for p in t}
         for seed in seeds:
-            config = common.config(vocab_size=len(tokenizer))
-            run = common.train_run(f"bpe{vocab}-s{seed}", config, steps, peak_lr=2e-3, warmup=300, seed=seed,
-                                   max_tokens=2000, data=corpus)  # fmt: skip
-            model = run.model
-            with torch.inference_mode():
-                hypotheses = translate(model.eval(), tokenizer, corpus.dev_sources, progress=False, num_beams=1)
-            exact = 100 * sum(h == r for h, r in zip(hypotheses, corpus.dev_targets, strict=True)) / len(dev)
+            run = common.train(common.Spec(f"bpe{vocab}-s{seed}", steps=steps, peak_lr=2e-3, warmup=300, seed=seed,
+                                           max_tokens=2000, data=_numbers_corpus, data_args=(vocab,)))  # fmt: skip
             target_length = statistics.mean(len(t) for _, t in corpus.dev)
-            rows.append([vocab, seed, len(pieces), target_length, run.dev_nll, exact, run.seconds])
+            rows.append([vocab, seed, len(pieces), target_length, run.dev_nll, run.exact, run.seconds])
     return markdown_table(["BPE size", "seed", "target pieces used", "mean target length", "dev NLL", "dev exact %",
                            "seconds"], rows)  # fmt: skip
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+EXPERIMENTS_DOC = README.parent / "docs" / "experiments.md"
 
 
 def python_blocks() -> list[str]:
@@ -50,16 +51,18 @@ def test_the_speed_tables_are_what_the_benchmark_wrote(result, script):
     assert "![speed](benchmarks/results/speed.png)" in README.read_text()
 
 
-@pytest.mark.parametrize("name", ["scaling", "positions", "layer_norm", "residuals", "sequential", "table3"])
+@pytest.mark.parametrize("name", ["scaling", "positions", "layer_norm", "residuals", "sequential", "table3",
+                                  "vocabulary", "averaging", "smoothing", "decoding", "heads"])  # fmt: skip
 def test_the_experiment_tables_are_what_the_experiments_wrote(name):
-    """README "Why it is built this way": each table is experiments/results/NAME.md as `python -m experiments` wrote
-    it, beside its figure."""
+    """docs/experiments.md: each table is experiments/results/NAME.md as `python -m experiments` wrote it, beside its
+    figure; the README's section links there."""
     start, end = f"<!-- experiments/results/{name}.md -->\n", f"<!-- /experiments/results/{name}.md -->"
-    text = README.read_text()
+    text = EXPERIMENTS_DOC.read_text()
     embedded = text.split(start, 1)[1].split(end, 1)[0]
     assert embedded == (README.parent / "experiments" / "results" / f"{name}.md").read_text()
-    assert f"![{name}](experiments/results/{name}.png)" in text
+    assert f"![{name}](../experiments/results/{name}.png)" in text
     assert (README.parent / "experiments" / "results" / f"{name}.png").is_file()
+    assert "(docs/experiments.md)" in README.read_text()
 
 
 def test_the_demo_distribution_is_what_demo_seeds_wrote():
