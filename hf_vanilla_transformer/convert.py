@@ -773,6 +773,22 @@ def ctranslate2_spec(
 
 
 @torch.no_grad()
+def _check_our_model_type(source: str | Path) -> None:
+    """A folder (or Hub id) of another kind of model is refused by name, before any weight is read."""
+    from transformers import PreTrainedConfig
+
+    try:
+        found = PreTrainedConfig.get_config_dict(str(source))[0].get("model_type")
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"{source}: cannot read its config.json ({error}).") from error
+    if found != VanillaTransformerConfig.model_type:
+        kind = {"marian": "marian", "fsmt": "fairseq"}.get(found, "marian|fairseq")
+        raise ConversionError(
+            f"{source} is a {found!r} model, not one of this project ({VanillaTransformerConfig.model_type!r}). "
+            f"Convert it first: vanilla-transformer-convert {kind} {source} OUTPUT, then export OUTPUT."
+        )
+
+
 def export_ctranslate2(
     source: str | Path | VanillaTransformerForConditionalGeneration,
     output: str | Path,
@@ -795,6 +811,7 @@ def export_ctranslate2(
         if isinstance(source, torch.nn.Module):
             model = source
         else:
+            _check_our_model_type(source)
             model = VanillaTransformerForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
             if tokenizer is None:
                 from transformers import AutoTokenizer

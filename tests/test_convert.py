@@ -331,6 +331,25 @@ def test_ctranslate2_quantizations_write_smaller_models(tmp_path):
     assert all(len(r.hypotheses[0]) >= 1 for r in results)
 
 
+def test_ctranslate2_export_of_a_marian_folder_names_the_conversion_first(tmp_path, capsys):
+    """A plain MarianMTModel folder given to `convert ctranslate2`: one line naming the model type and the command that
+    converts it, exit status 2, nothing written (it was a 43-line traceback about decoder_vocab_size)."""
+    pytest.importorskip("ctranslate2")
+    from hf_vanilla_transformer.convert import main
+
+    source = opus_mt_folder(tmp_path / "opus-mt", d_model=64)
+    capsys.readouterr()  # the fixture's own progress bars
+    with pytest.raises(ConversionError, match=r"is a 'marian' model, not one of this project"):
+        export_ctranslate2(source, tmp_path / "ct2")
+    with pytest.raises(SystemExit) as exit_:
+        main(["ctranslate2", str(source), str(tmp_path / "ct2")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert f"Convert it first: vanilla-transformer-convert marian {source} OUTPUT, then export OUTPUT." in error
+    assert not (tmp_path / "ct2").exists() and no_leftovers(tmp_path) == []
+
+
 def test_exporting_a_loaded_model_leaves_its_weights_alone(tmp_path):
     pytest.importorskip("ctranslate2")
     from conftest import tiny_model

@@ -240,6 +240,81 @@ def test_attention_maps_runs_no_folder_code_unless_asked(tmp_path):
     assert marker.exists()
 
 
+def test_attention_maps_uses_the_installed_package_without_remote_code(tmp_path):
+    """The documented `python -m hf_vanilla_transformer_training.attention_maps MODEL "..."` works where the package
+    is installed, without --trust_remote_code, and never runs the folder's code files."""
+    import subprocess
+    import sys
+
+    from hf_vanilla_transformer_training.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["one two three four", "eins zwei drei vier"] * 50, vocab_size=40)
+    folder = tmp_path / "model"
+    tiny_model(vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert "auto_map" in (folder / "config.json").read_text()  # a folder that would ask for remote code
+    marker = tmp_path / "ran"
+    (folder / "configuration_vanilla_transformer.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    command = [sys.executable, "-m", "hf_vanilla_transformer_training.attention_maps", str(folder), "one two",
+               "--out_dir", str(tmp_path / "pictures")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, input="", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == ["attention_cross.png", "attention_encoder.png"]
+    assert not marker.exists()
+
+
+def test_averaging_keeps_every_model_file_and_drops_the_trainer_state(tmp_path):
+    """A fine-tuned OPUS-MT model's checkpoint holds source.spm / target.spm / vocab.json: the average keeps every
+    file of the model (it used to copy only .json/.py/.txt/.model, and the tokenizer failed), not the Trainer's."""
+    from hf_vanilla_transformer_training.average_checkpoints import average_checkpoints
+
+    a, b = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"
+    tiny_model(seed=0).save_pretrained(a)
+    tiny_model(seed=1).save_pretrained(b)
+    model_files = {"source.spm": b"spm-a", "target.spm": b"spm-b", "vocab.json": b"{}", "README.md": b"# card"}
+    trainer_files = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+    for folder in (a, b):
+        for name, content in model_files.items():
+            (folder / name).write_bytes(content)
+        for name in trainer_files:
+            (folder / name).write_bytes(b"{}")
+    into = average_checkpoints([a, b], tmp_path / "averaged")
+    for name, content in model_files.items():
+        assert (into / name).read_bytes() == content, name
+    assert not any((into / name).exists() for name in trainer_files)
+    assert (into / "config.json").is_file() and (into / "model.safetensors").is_file()
+
+
+def test_averaging_into_a_folder_with_files_needs_overwrite(tmp_path):
+    from hf_vanilla_transformer_training.average_checkpoints import average_checkpoints, main
+
+    a = tmp_path / "checkpoint-2"
+    tiny_model(seed=0).save_pretrained(a)
+    into = tmp_path / "averaged"
+    into.mkdir()
+    (into / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--into .*averaged already holds files; pass --overwrite"):
+        average_checkpoints([a], into)
+    assert sorted(p.name for p in into.iterdir()) == ["notes.txt"]
+    with pytest.raises(SystemExit, match=r"already holds files; pass --overwrite"):
+        main(["--checkpoints", str(a), "--into", str(into)])
+    main(["--checkpoints", str(a), "--into", str(into), "--overwrite"])
+    assert (into / "model.safetensors").is_file() and (into / "notes.txt").read_text() == "mine"
+
+
+def test_averaging_refuses_fewer_checkpoints_than_last_asks_for(tmp_path, capsys):
+    from hf_vanilla_transformer_training.average_checkpoints import main
+
+    for step in (2, 4):
+        tiny_model(seed=step).save_pretrained(tmp_path / f"checkpoint-{step}")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"has 2 complete checkpoint\(s\), fewer than --last 30; pass --last 2"):
+        main([str(tmp_path), "--last", "30", "--into", str(tmp_path / "averaged")])
+    assert not (tmp_path / "averaged").exists()
+    main([str(tmp_path), "--last", "2", "--into", str(tmp_path / "averaged")])
+    assert "Averaged 2 checkpoints (checkpoint-2, checkpoint-4)" in capsys.readouterr().out
+
+
 def test_averaging_refuses_a_checkpoint_as_target_and_checkpoints_of_other_models(tmp_path):
     from hf_vanilla_transformer_training.average_checkpoints import average_checkpoints
 

@@ -7,6 +7,7 @@ cross-attention of the last layer, a few heads each, with the tokens on the axes
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import torch
@@ -59,6 +60,10 @@ def attention_maps(model, tokenizer, source: str, out_dir: str | Path, heads: in
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    # The installed package registers the Auto classes, so the folder's code is not needed; where only transformers
+    # is installed (this file run as a script) the folder's code runs, if trusted.
+    with contextlib.suppress(ImportError):
+        import hf_vanilla_transformer  # noqa: F401
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("source")

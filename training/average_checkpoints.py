@@ -23,6 +23,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
+# What a checkpoint folder holds besides the model: the weights (averaged, written anew) and the Trainer's state,
+# which belongs to one checkpoint only. Every other file (config, generation config, code, tokenizer files of any
+# kind: tokenizer.json, vocab.json, source.spm / target.spm, ..., a README) is the model's and is copied.
+NOT_COPIED = re.compile(
+    r"^((model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?|trainer_state\.json|optimizer\.pt"
+    r"|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state(_\d+)?\.pth|.*\.tmp)$"
+)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's checkpoint folders; nothing else is one
 
 
@@ -84,8 +91,9 @@ def check_same_config(paths: list[Path]) -> None:
             )
 
 
-def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path:
-    """Averages the weights of `checkpoints` (in float64, stored in each tensor's own dtype) into `into`."""
+def average_checkpoints(checkpoints: list[str | Path], into: str | Path, overwrite: bool = False) -> Path:
+    """Averages the weights of `checkpoints` (in float64, stored in each tensor's own dtype) into `into`, with the
+    first checkpoint's other files (config, code, tokenizer). A non-empty `into` is refused unless `overwrite`."""
     if not checkpoints:
         raise ValueError("No checkpoints to average.")
     paths = [Path(c) for c in checkpoints]
@@ -100,6 +108,10 @@ def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path
         raise ValueError(
             f"--into {into} is a training checkpoint (it has trainer_state.json / optimizer.pt): its weights would no "
             "longer match its optimizer state. Write the average to a new folder."
+        )
+    if not overwrite and into.is_dir() and any(into.iterdir()):
+        raise ValueError(
+            f"--into {into} already holds files; pass --overwrite to replace them, or choose a new folder."
         )
     check_same_config(paths)
     total: dict[str, torch.Tensor] = {}
@@ -116,8 +128,8 @@ def average_checkpoints(checkpoints: list[str | Path], into: str | Path) -> Path
             dtypes[name] = tensor.dtype
             total[name] = total.get(name, 0) + tensor.to(torch.float64)
     into.mkdir(parents=True, exist_ok=True)
-    for item in paths[0].iterdir():  # config, generation config, code files, tokenizer if present
-        if item.is_file() and item.suffix in (".json", ".py", ".txt", ".model") and "trainer_state" not in item.name:
+    for item in paths[0].iterdir():
+        if item.is_file() and not NOT_COPIED.match(item.name):
             shutil.copy2(item, into / item.name)
     averaged = {name: (tensor / len(paths)).to(dtypes[name]).contiguous() for name, tensor in total.items()}
     temporary = into / (WEIGHTS + ".tmp")
@@ -134,18 +146,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoints", nargs="+", help="explicit checkpoint folders instead of output_dir")
     parser.add_argument("--into", required=True, help="the folder to write the averaged model to")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --into folder")
     args = parser.parse_args(argv)
+    if args.last < 1:
+        parser.error(f"--last {args.last}: expected an integer >= 1.")
     if args.checkpoints:
         chosen = args.checkpoints
     elif args.output_dir:
         found = complete_checkpoints(args.output_dir)
         if not found:
             raise SystemExit(f"No complete checkpoint-N folders in {args.output_dir}.")
+        if len(found) < args.last:
+            raise SystemExit(
+                f"Not averaged: {args.output_dir} has {len(found)} complete checkpoint(s), fewer than --last "
+                f"{args.last}; pass --last {len(found)} to average them all."
+            )
         chosen = found[-args.last :]
     else:
         raise SystemExit("Give a training output folder or --checkpoints.")
     try:
-        average_checkpoints(chosen, args.into)
+        average_checkpoints(chosen, args.into, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"Not averaged: {error}") from error
     print(f"Averaged {len(chosen)} checkpoints ({', '.join(Path(c).name for c in chosen)}) into {args.into}")

@@ -980,7 +980,7 @@ def finish(run: RunArguments, trainer, tokenizer, data, output_dir: Path, starte
     checkpoints = complete_checkpoints(output_dir)[-paper.average_last :] if run.training.do_train else []
     model_dir = output_dir / "model"
     if checkpoints:
-        average_checkpoints(checkpoints, output_dir / "averaged")
+        average_checkpoints(checkpoints, output_dir / "averaged", overwrite=True)  # this run's own folder
         model = VanillaTransformerForConditionalGeneration.from_pretrained(output_dir / "averaged")
         # Seq2SeqTrainer writes transformers' defaults (max_length=20, ...) into the generation config it evaluates
         # with; the published model gets the source model's decoding, or for a new model the paper's (§6.1).
