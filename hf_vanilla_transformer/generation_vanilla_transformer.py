@@ -154,7 +154,27 @@ class VanillaTransformerGenerationMixin(GenerationMixin):
                     limits, eos_token_id, prompt.shape[1] if prompt is not None else 1
                 )
                 logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
-        return super().generate(inputs, generation_config, logits_processor, **kwargs)
+        pad_token_id = self._generation_option("pad_token_id", generation_config, kwargs, pop=False)
+        eos_token_id = self._generation_option("eos_token_id", generation_config, kwargs, pop=False)
+        prompt = kwargs.get("decoder_input_ids")
+        output = super().generate(inputs, generation_config, logits_processor, **kwargs)
+        return self._pad_after_eos(output, pad_token_id, eos_token_id, prompt.shape[1] if prompt is not None else 1)
+
+    def _pad_after_eos(self, output: Any, pad_token_id: Any, eos_token_id: Any, start: int) -> Any:
+        """Every position after a sentence's first EOS holds the pad id. Needed because the library's beam search fills
+        finished beams with `pad_token_id or eos_token_id`, which takes EOS when the pad id is 0 (this model's
+        default), so beam outputs came back padded with EOS where greedy ones are padded with PAD."""
+        pad_token_id = self.config.pad_token_id if pad_token_id is None else pad_token_id
+        eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        sequences = output if isinstance(output, torch.Tensor) else getattr(output, "sequences", None)
+        if pad_token_id is None or eos_token_id is None or sequences is None or sequences.dim() != 2:
+            return output
+        eos = torch.as_tensor(eos_token_id, device=sequences.device).flatten()
+        generated = sequences[:, start:]
+        is_eos = torch.isin(generated, eos)
+        after_first_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        generated.masked_fill_(after_first_eos, int(torch.as_tensor(pad_token_id)))
+        return output
 
     def _generation_option(
         self, name: str, generation_config: GenerationConfig | None, kwargs: dict[str, Any], pop: bool = True

@@ -343,3 +343,21 @@ def test_the_gnmt_stopping_bound_is_taken_at_the_maximum_length():
     assert go_on(-3.0, finished=-1.5)
     # and it stops once even the maximum-length bound cannot beat the worst finished hypothesis
     assert -3.0 / lp(50) < -0.7 and not go_on(-3.0, finished=-0.7)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_finished_sentences_are_padded_with_pad_in_greedy_and_beam_search(num_beams):
+    """The library's beam search fills finished beams with `pad_token_id or eos_token_id`, EOS for this model's pad id
+    0: beam outputs must be padded with PAD after the first EOS, as greedy ones are."""
+    model = tiny_model()
+    input_ids, attention_mask, _ = random_batch()  # sources of 9, 7 and 5 tokens: the limit ends them apart
+    for return_dict in (False, True):
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                                max_new_tokens_over_source=0, return_dict_in_generate=return_dict)  # fmt: skip
+        sequences = output.sequences if return_dict else output
+        padded = 0
+        for row in sequences.tolist():
+            end = row.index(model.config.eos_token_id, 1)
+            assert row[end + 1 :] == [model.config.pad_token_id] * (len(row) - end - 1), row
+            padded += len(row) - end - 1
+        assert padded > 0
