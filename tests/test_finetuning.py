@@ -122,6 +122,31 @@ def test_argument_errors_are_named_before_any_data_is_read(tmp_path, no_data_wor
         main(["--output_dir", str(tmp_path / "run"), *base, *arguments])
 
 
+def test_a_tracker_that_is_not_installed_is_named_before_any_data_is_read(tmp_path, no_data_work, monkeypatch):
+    import transformers.integrations
+
+    arguments = ["--output_dir", str(tmp_path / "run"), *TINY, "--report_to", "tensorboard"]
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: [])
+    with pytest.raises(SystemExit, match=r"--report_to tensorboard: not installed here; install it \(pip install "
+                                         r"tensorboard\)"):  # fmt: skip
+        main(arguments)
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    with pytest.raises(AssertionError, match="data or tokenizer work started"):  # installed: on to the data
+        main(arguments)
+
+
+def test_a_language_key_the_data_lacks_is_one_line_not_a_traceback(tmp_path):
+    """--target_lang fr on a file of en/de rows: the data's error is the message (it was a traceback)."""
+    rows = tmp_path / "train_flat.jsonl"
+    rows.write_text("".join(json.dumps({"en": f"one {i}", "de": f"eins {i}"}) + "\n" for i in range(20)))
+    with pytest.raises(
+        SystemExit,
+        match=r"^\[train\] data: .*train_flat.jsonl has neither a 'translation' column nor "
+        r"the language columns \['fr'\]; its columns are \['en', 'de'\]",
+    ):
+        main(["--output_dir", str(tmp_path / "run"), *TINY, "--train_file", str(rows), "--target_lang", "fr"])
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, r"Cannot read the arguments file .*args.json"), ("{oops", r"Cannot read the arguments file"),

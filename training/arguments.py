@@ -294,6 +294,20 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     return overrides
 
 
+def check_report_to(report_to: list[str] | None) -> None:
+    """An experiment tracker that is not installed is named before any data is read (the Trainer's callback would
+    fail only once the data and the tokenizer are ready)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    wanted = [name for name in report_to or [] if name not in ("none", "all")]
+    missing = [name for name in wanted if name not in get_available_reporting_integrations()]
+    if missing:
+        raise SystemExit(
+            f"--report_to {' '.join(missing)}: not installed here; install it (pip install {' '.join(missing)}) or "
+            "drop it (the learning curve is written without it)."
+        )
+
+
 def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, Any]:
     """Refuses contradictory or invalid arguments by name, and fills the paper's values for the ones not given."""
     overrides = parse_overrides(model.config_overrides)
@@ -315,6 +329,7 @@ def check_arguments(model, data, paper, training, given: set[str]) -> dict[str, 
             any_config(model.preset, **{"vocab_size": model.vocab_size, **overrides})
         except (ValueError, TypeError, StrictDataclassError) as error:
             raise SystemExit(f"--preset {model.preset} with --config_overrides {overrides}: {error}") from error
+    check_report_to(training.report_to)
     if data.dataset_name is not None and data.train_file is not None:
         raise SystemExit("Give --dataset_name or --train_file, not both.")
     if data.train_file is None and (data.validation_file or data.test_file):

@@ -863,16 +863,19 @@ def run_in(run: RunArguments, output_dir: Path) -> dict[str, Any]:
     set_seed(training.seed)
     started = time.perf_counter()
 
-    data = load_translation_data(
-        data_args.dataset_name, data_args.dataset_config_name, data_args.source_lang, data_args.target_lang,
-        data_args.train_file, data_args.validation_file, data_args.test_file, data_args.demo_pairs,
-        training.data_seed if training.data_seed is not None else training.seed,
-        cache_dir=model_args.cache_dir, token=model_args.token,
-    )  # fmt: skip
-    data = {
-        split: clean_split(rows, data_args.source_lang, data_args.target_lang, data_args.max_chars, split)
-        for split, rows in data.items()
-    }
+    try:  # the data's own errors (unreadable files, missing language columns, empty splits): one line each
+        data = load_translation_data(
+            data_args.dataset_name, data_args.dataset_config_name, data_args.source_lang, data_args.target_lang,
+            data_args.train_file, data_args.validation_file, data_args.test_file, data_args.demo_pairs,
+            training.data_seed if training.data_seed is not None else training.seed,
+            cache_dir=model_args.cache_dir, token=model_args.token,
+        )  # fmt: skip
+        data = {
+            split: clean_split(rows, data_args.source_lang, data_args.target_lang, data_args.max_chars, split)
+            for split, rows in data.items()
+        }
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"[train] data: {error}") from error
     if data_args.max_train_samples is not None:
         data["train"] = data["train"].select(range(min(data_args.max_train_samples, len(data["train"]))))
     with training.main_process_first(local=False, desc="the tokenizer"):  # trained once, by the first process
