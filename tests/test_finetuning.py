@@ -51,7 +51,10 @@ def test_the_paper_recipe_fills_every_flag_that_is_not_given():
     assert peak_learning_rate(0.0, 512, 4000, 1.0) == 0.0  # an explicit 0 is kept, not replaced by the formula
 
 
-def test_every_trainer_flag_reaches_the_trainer_arguments():
+def test_every_trainer_flag_reaches_the_trainer_arguments(monkeypatch):
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["tensorboard"])
     run = parse_args(["--output_dir", "out", "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id", "me/x",
                       "--torch_compile", "--optim", "adafactor", "--bf16", "--activation_checkpointing",
                       "--per_device_eval_batch_size", "8", "--num_train_epochs", "3", "--learning_rate", "5e-5",
