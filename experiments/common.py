@@ -1,6 +1,6 @@
 """The protocol every training experiment shares, and the tables and figures they write.
 
-The protocol (README "Why it is built this way"):
+The protocol (docs/experiments.md):
 - data: the bundled EN->DE corpus (numbers and dates, training/data.py), CORPUS_PAIRS pairs, a byte-level BPE of
   VOCAB_SIZE pieces (300: number words come out morpheme-like, `▁acht tausend vier hundertein undsechzig`, instead of
   1000-piece compounds that cut across digit positions and make numbers a memorisation task), DEV_PAIRS dev pairs
@@ -17,15 +17,16 @@ The protocol (README "Why it is built this way"):
   deviation (`compare`), at the budget used.
 
 It is a loop of its own rather than the Trainer because the experiments change the model's layers in ways the
-Trainer should not see (no scaling, no residuals, no causal mask) and record per-step losses; the training command
-(`training/train.py`) is the recipe's real path. Runs go to a pool of 2 processes of 1 thread each (`run_all`): these
-models are too small for two threads to help one run.
+Trainer should not see (no scaling, no residuals, heads zeroed) and record per-step losses; the training command
+(`training/train.py`) is the recipe's real path. Runs go to a pool of 2 processes of 1 thread each (`run_all`), two
+runs at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import math
 import os
@@ -178,7 +179,7 @@ class Run:
         return self.dev_nlls[-1] if self.dev_nlls and self.diverged_at is None else math.inf
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return dataclasses.asdict(self)
 
 
 def learning_rate(step: int, peak: float, warmup: int) -> float:

@@ -35,7 +35,6 @@ AVERAGE_KS = (1, 2, 4, 8)
 BEAMS = (1, 4, 8)
 ALPHAS = (0.0, 0.6, 1.0)
 EXAMPLES = ("sixty-one", "Aug 26, 1955")
-NUMBERS = "number"
 
 
 # ---- probes (run in the pool on the trained model) -----------------------------------------------------------------
@@ -162,14 +161,12 @@ def base_probe(model, data: common.Corpus) -> dict:
     }
 
 
-def number_pieces(data: common.Corpus) -> dict[str, float]:
-    """Over the dev numbers' German side: mean pieces per target, and distinct pieces over the training numbers."""
-    lengths = [len(t) for (_, t), c in zip(data.dev, data.dev_categories, strict=True) if c.startswith(NUMBERS)]
+def vocabulary_probe(model, data: common.Corpus) -> dict[str, float]:
+    """The mean length in pieces (EOS included) of the dev numbers' German side."""
+    from hf_vanilla_transformer_training.data import NUMBER_CATEGORIES
+
+    lengths = [len(t) for (_, t), c in zip(data.dev, data.dev_categories, strict=True) if c in NUMBER_CATEGORIES]
     return {"pieces_per_number": statistics.mean(lengths) if lengths else math.nan}
-
-
-def vocabulary_probe(model, data: common.Corpus) -> dict:
-    return number_pieces(data)
 
 
 # ---- the questions -------------------------------------------------------------------------------------------------
